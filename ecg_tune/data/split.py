@@ -1,0 +1,124 @@
+"""Train / validation / test splits at record level, stratified by class, by patient when known.
+
+Windows are cut later, from records already assigned to a split, so no record (and no patient,
+when the source has group ids) is ever on both sides. A source's own split is kept and only its
+missing parts are carved from its train part. The split is saved as `split.csv` (record, split),
+so that every later stage (search, refit, test evaluation) uses the same test records.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ecg_tune.data.records import Records
+from ecg_tune.data.sources import _some
+from ecg_tune.errors import DataError
+
+PARTS = ("train", "val", "test")
+
+
+def make_split(records: Records, val_fraction: float = 0.15, test_fraction: float = 0.15,
+               seed: int = 0) -> np.ndarray:
+    """The split ("train" / "val" / "test") of every record, as an array of strings."""
+    where = records.source or "data"
+    require_labels(records)
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError(f"split fractions must be in (0, 1) and sum below 1 (val {val_fraction}, test {test_fraction})")
+    split = np.array(records.split if records.split is not None else ["train"] * len(records), dtype=object)
+    fractions = {part: f for part, f in (("val", val_fraction), ("test", test_fraction)) if part not in set(split)}
+    if fractions:
+        _carve(records, split, fractions, seed)
+    for part in PARTS:
+        if not (split == part).any():
+            raise DataError(
+                f"{where}: {len(records)} records are too few for a train/val/test split "
+                f"(the {part} part would be empty)"
+            )
+    train_classes = {records.classes[i] for i in records.labels[split == "train"]}
+    if len(train_classes) < 2:
+        raise DataError(f"{where}: the train part has a single class ({_some(sorted(train_classes))})")
+    return split
+
+
+def require_labels(records: Records) -> None:
+    """Training needs labels and at least two classes."""
+    where = records.source or "data"
+    if records.labels is None:
+        raise DataError(f"{where}: the records have no labels (a label file or label column is needed to train)")
+    present = sorted({records.classes[i] for i in np.unique(records.labels)})
+    if len(present) < 2:
+        raise DataError(f"{where}: all records have one class ({_some(present)}); training needs at least two")
+
+
+def _carve(records: Records, split: np.ndarray, fractions: dict[str, float], seed: int) -> None:
+    """Move units (patients, or records) from train into the missing parts, class by class."""
+    rng = np.random.default_rng(seed)
+    units = records.groups if records.groups is not None else records.record_ids
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, unit in enumerate(units):
+        if split[index] == "train":
+            members[unit].append(index)
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for unit, indices in members.items():
+        # A patient counts for the class most of their records have.
+        label = Counter(int(records.labels[i]) for i in indices).most_common(1)[0][0]
+        by_class[label].append(unit)
+    rare = []
+    for label in sorted(by_class):
+        class_units = sorted(by_class[label])
+        rng.shuffle(class_units)
+        n_records = sum(len(members[u]) for u in class_units)
+        if len(class_units) < len(fractions) + 1:
+            rare.append(records.classes[label])
+            continue
+        targets = {part: max(1, round(f * n_records)) for part, f in fractions.items()}
+        position = 0
+        for part, target in targets.items():
+            taken = 0
+            # Leave at least one unit of the class in train.
+            while taken < target and position < len(class_units) - 1:
+                for index in members[class_units[position]]:
+                    split[index] = part
+                taken += len(members[class_units[position]])
+                position += 1
+    if rare:
+        warnings.warn(
+            f"{records.source or 'data'}: class(es) {', '.join(rare)} too rare to appear in every split; "
+            "kept in train only"
+        )
+
+
+def save_split(records: Records, split: np.ndarray, path: str | Path) -> Path:
+    """Write `split.csv` with one `record,split` row per record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["record", "split"])
+        writer.writerows(zip(records.record_ids, split))
+    return path
+
+
+def load_split(path: str | Path, records: Records) -> np.ndarray:
+    """Read a `split.csv` back, in the order of `records`; every record must be in it."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read split file ({exc})") from None
+    if not rows or set(rows[0]) != {"record", "split"}:
+        raise DataError(f"{path}: expected a CSV with columns record,split")
+    assigned = {row["record"]: row["split"] for row in rows}
+    missing = [rid for rid in records.record_ids if rid not in assigned]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} record(s) of {records.source} are not in the split file: {_some(missing)}")
+    unknown = sorted({s for s in assigned.values() if s not in PARTS})
+    if unknown:
+        raise DataError(f"{path}: unknown split names {_some(unknown)} (expected train, val, test)")
+    return np.array([assigned[rid] for rid in records.record_ids], dtype=object)

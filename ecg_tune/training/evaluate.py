@@ -1,0 +1,86 @@
+"""Record-level evaluation: every record is covered whole by windows, and scored once.
+
+A record longer than the network's input is cut into windows of the input length that overlap
+(the last one ends at the record's end); a shorter record is one window, zero-padded at the end as
+in training. Class probabilities are averaged over a record's windows, so scores are per record,
+never per window, whatever the record's length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ecg_tune.data.tensors import TensorData
+from ecg_tune.training.network import Network
+
+
+def window_starts(length: int, input_length: int, overlap: float) -> np.ndarray:
+    """Start positions of the windows that cover a record of `length` samples."""
+    if length <= input_length:
+        return np.zeros(1, dtype=np.int64)
+    hop = max(1, int(round(input_length * (1.0 - overlap))))
+    starts = np.arange(0, length - input_length + 1, hop, dtype=np.int64)
+    if starts[-1] != length - input_length:
+        starts = np.append(starts, length - input_length)
+    return starts
+
+
+def record_windows(lengths: np.ndarray, input_length: int, overlap: float) -> tuple[np.ndarray, np.ndarray]:
+    """(position in `lengths`, start) of every window, records in order."""
+    owners, starts = [], []
+    for position, length in enumerate(lengths):
+        s = window_starts(int(length), input_length, overlap)
+        owners.append(np.full(len(s), position, dtype=np.int64))
+        starts.append(s)
+    return np.concatenate(owners), np.concatenate(starts)
+
+
+def gather_windows(signals: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor,
+                   input_length: int) -> torch.Tensor:
+    """Windows signals[row, start:start + input_length], zero beyond the matrix's width."""
+    positions = starts[:, None] + torch.arange(input_length, device=starts.device)[None, :]
+    inside = positions < signals.shape[1]
+    flat = rows[:, None] * signals.shape[1] + positions.clamp(max=signals.shape[1] - 1)
+    return signals.reshape(-1)[flat.reshape(-1)].reshape(len(rows), input_length) * inside
+
+
+@torch.inference_mode()
+def window_outputs(network: Network, data: TensorData, index: np.ndarray, normalisation: str,
+                   overlap: float, device: torch.device, features: bool = False,
+                   batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window outputs for the records at `index`: logits, or features when `features`.
+
+    Returns (outputs of shape (n_windows, k), owner of each window as a position in `index`).
+    """
+    signals, _, scale = data.torch_views()
+    owners, starts = record_windows(data.lengths[index], network.input_length, overlap)
+    rows = torch.as_tensor(np.asarray(index)[owners])
+    starts_t = torch.as_tensor(starts)
+    was_training = network.training
+    network.eval()
+    outputs = []
+    for begin in range(0, len(rows), batch_size):
+        batch_rows = rows[begin:begin + batch_size]
+        x = gather_windows(signals, batch_rows, starts_t[begin:begin + batch_size], network.input_length)
+        if normalisation == "none":
+            x = x * scale[batch_rows, None]
+        x = x.to(device)
+        out = network.features(x) if features else network(x)
+        outputs.append(out.float().cpu())
+    network.train(was_training)
+    return torch.cat(outputs).numpy(), owners
+
+
+def aggregate(window_probabilities: np.ndarray, owners: np.ndarray, n_records: int) -> np.ndarray:
+    """Mean of the window probabilities of each record."""
+    totals = np.zeros((n_records, window_probabilities.shape[1]), dtype=np.float64)
+    np.add.at(totals, owners, window_probabilities)
+    counts = np.bincount(owners, minlength=n_records)[:, None]
+    return totals / np.maximum(counts, 1)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -1,0 +1,240 @@
+"""The one training loop, used unchanged by `ecg-tune train`, the Tune trainable, the refit and
+the benchmark.
+
+`fit()` yields one `EpochResult` per epoch: the metrics (train and validation loss, accuracy,
+macro F1, CinC F1, per-class F1, confusion matrix, the learning rate used) and a `state()` that
+can be saved and passed back as `resume` to continue mid-run. Batches are drawn by index from the
+in-memory `TensorData`; augmentation and the input transform run batched on the training device.
+
+Randomness is derived from (seed, epoch), so a run resumed at epoch k draws the same batches and
+augmentations as the uninterrupted run would have.
+
+`cnn_svm`: each epoch trains the extractor with its linear head, then fits the SVM stage on that
+epoch's features of (a stratified subsample of) the training records and reports the SVM's
+validation metrics, so that it is ranked by what it would deliver.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ecg_tune.config import TrainConfig
+from ecg_tune.data.tensors import TensorData
+from ecg_tune.errors import ConfigError
+from ecg_tune.models.svm import SVMStage
+from ecg_tune.signal.augment import AugmentParams, BatchAugmenter
+from ecg_tune.training.device import pick_device
+from ecg_tune.training.evaluate import aggregate, softmax, window_outputs
+from ecg_tune.training.metrics import classification_metrics
+from ecg_tune.training.network import Network, build_network
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based: the number of epochs trained so far
+    metrics: dict
+    network: Network
+    svm: SVMStage | None
+    _state: dict = field(repr=False, default_factory=dict)
+
+    def state(self) -> dict:
+        """Everything needed to resume after this epoch (tensors, numbers and bytes only)."""
+        return self._state
+
+
+def resolve_input_length(config: TrainConfig, data: TensorData, train_index: np.ndarray) -> int:
+    """The config's input length, or the median training record length when it has none."""
+    if config.input_length is not None:
+        return config.input_length
+    return max(16, data.median_length(train_index))
+
+
+def fit(
+    config: TrainConfig,
+    data: TensorData,
+    train_index: np.ndarray,
+    val_index: np.ndarray | None,
+    *,
+    device: torch.device | str | None = None,
+    resume: dict | None = None,
+    lr_schedule: list[float] | None = None,
+) -> Iterator[EpochResult]:
+    """Train `config` on the records at `train_index`, validating on `val_index` each epoch.
+
+    lr_schedule: learning rate per epoch to replay instead of ReduceLROnPlateau (the refit, which
+    has no validation data left, replays what the trial used). val_index may then be empty.
+    """
+    if data.labels is None:
+        raise ConfigError(f"{data.record_ids[0] if len(data) else 'data'}: training needs labelled records")
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    train_index = np.asarray(train_index, dtype=np.int64)
+    val_index = np.asarray([] if val_index is None else val_index, dtype=np.int64)
+    n_classes = len(data.classes)
+    input_length = resolve_input_length(config, data, train_index)
+
+    torch.manual_seed(config.seed)
+    network = build_network(config, input_length, n_classes).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    plateau = None
+    if config.lr_scheduler == "plateau" and lr_schedule is None:
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
+    criterion = nn.CrossEntropyLoss(weight=_class_weights(config, data.labels[train_index], n_classes, device))
+    augmenter = BatchAugmenter(config.augmentation, input_length, fit=config.fit,
+                               params=AugmentParams(noise_std=config.noise_std))
+
+    start_epoch, best_loss, stale, history = 0, float("inf"), 0, []
+    svm = None
+    if resume:
+        network.load_state_dict(resume["network"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if plateau is not None and resume.get("plateau"):
+            plateau.load_state_dict(resume["plateau"])
+        start_epoch = int(resume["epoch"])
+        best_loss, stale = float(resume["best_loss"]), int(resume["stale"])
+        history = list(resume.get("lr_history", []))
+        svm = _load_svm(resume.get("svm"))
+
+    signals, lengths, scale = data.torch_views()
+    labels = torch.as_tensor(data.labels)
+    epochs = len(lr_schedule) if lr_schedule is not None else config.epochs
+    for epoch in range(start_epoch, epochs):
+        if lr_schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_schedule[epoch]
+        lr_used = optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        train_loss, seen = _train_epoch(config, network, optimizer, criterion, augmenter, signals,
+                                        lengths, scale, labels, train_index, epoch, device)
+        train_seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr_used,
+                   "train_samples_per_s": seen / max(train_seconds, 1e-9)}
+        if config.uses_svm:
+            svm = _fit_svm(config, network, data, train_index, epoch, device)
+        if len(val_index):
+            metrics.update(_validate(config, network, svm, data, val_index, device))
+            if plateau is not None:
+                plateau.step(metrics["val_loss"])
+            if metrics["val_loss"] < best_loss - 1e-6:
+                best_loss, stale = metrics["val_loss"], 0
+            else:
+                stale += 1
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        history.append(lr_used)
+        state = {
+            "epoch": epoch + 1,
+            "network": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "plateau": plateau.state_dict() if plateau is not None else None,
+            "best_loss": best_loss,
+            "stale": stale,
+            "lr_history": list(history),
+            "input_length": input_length,
+            "svm": _dump_svm(svm),
+        }
+        yield EpochResult(epoch + 1, metrics, network, svm, state)
+        if config.early_stop_patience and stale >= config.early_stop_patience:
+            break
+
+
+def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.Optimizer,
+                 criterion: nn.Module, augmenter: BatchAugmenter, signals: torch.Tensor,
+                 lengths: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor,
+                 train_index: np.ndarray, epoch: int, device: torch.device) -> tuple[float, int]:
+    network.train()
+    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout, reproducible per epoch
+    order = np.random.default_rng([config.seed, epoch]).permutation(train_index)
+    generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + epoch)
+    total, seen = 0.0, 0
+    for begin in range(0, len(order), config.batch_size):
+        rows = torch.as_tensor(order[begin:begin + config.batch_size])
+        if len(rows) < 2 and seen:
+            break  # a batch of one breaks BatchNorm; its record is seen next epoch
+        x = signals.index_select(0, rows).to(device, non_blocking=True)
+        x = augmenter(x, lengths[rows].to(device), generator)
+        if config.normalisation == "none":
+            x = x * scale[rows, None].to(device)
+        y = labels[rows].to(device)
+        loss = criterion(network(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * len(rows)
+        seen += len(rows)
+    return total / max(seen, 1), seen
+
+
+def _validate(config: TrainConfig, network: Network, svm: SVMStage | None, data: TensorData,
+              val_index: np.ndarray, device: torch.device) -> dict:
+    truth = data.labels[val_index]
+    logits, owners = window_outputs(network, data, val_index, config.normalisation,
+                                    config.window_overlap, device)
+    head = aggregate(softmax(logits), owners, len(val_index))
+    loss = float(np.mean(-np.log(np.clip(head[np.arange(len(truth)), truth], 1e-12, None))))
+    probabilities = head
+    if svm is not None:
+        features, owners = window_outputs(network, data, val_index, config.normalisation,
+                                          config.window_overlap, device, features=True)
+        probabilities = aggregate(svm.predict_proba(features), owners, len(val_index))
+    metrics = classification_metrics(truth, probabilities.argmax(axis=1), data.classes, prefix="val_")
+    metrics["val_loss"] = loss
+    return metrics
+
+
+def _fit_svm(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
+             epoch: int, device: torch.device) -> SVMStage:
+    """The SVM stage on the extractor's features of (a stratified subsample of) the training records."""
+    subset = stratified_subsample(train_index, data.labels[train_index], config.svm_max_train,
+                                  seed=config.seed + epoch)
+    features, owners = window_outputs(network, data, subset, config.normalisation,
+                                      config.window_overlap, device, features=True)
+    window_labels = data.labels[subset][owners]
+    # Every window of the chosen records is a training row; SVMStage's own cap keeps the fit bounded.
+    return SVMStage(C=config.svm_c, gamma=config.svm_gamma, max_train=2 * config.svm_max_train,
+                    seed=config.seed, n_classes=len(data.classes)).fit(features, window_labels)
+
+
+def stratified_subsample(index: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most `limit` entries of `index`, keeping class proportions and every class."""
+    if len(index) <= limit:
+        return index
+    rng = np.random.default_rng(seed)
+    chosen = []
+    classes, counts = np.unique(labels, return_counts=True)
+    for cls, count in zip(classes, counts):
+        members = index[labels == cls]
+        take = max(1, int(round(limit * count / len(index))))
+        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _class_weights(config: TrainConfig, train_labels: np.ndarray, n_classes: int,
+                   device: torch.device) -> torch.Tensor | None:
+    if config.class_weighting == "none":
+        return None
+    counts = np.bincount(train_labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(train_labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.as_tensor(weights, dtype=torch.float32, device=device)
+
+
+def _dump_svm(svm: SVMStage | None) -> bytes | None:
+    if svm is None:
+        return None
+    import skops.io as sio
+
+    return sio.dumps(svm)
+
+
+def _load_svm(blob: bytes | None) -> SVMStage | None:
+    if not blob:
+        return None
+    import skops.io as sio
+
+    return sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))

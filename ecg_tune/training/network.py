@@ -1,0 +1,55 @@
+"""A config -> the trainable network: input transform followed by the model, on one device.
+
+The transform (none / wavelet / fourier) is the first layer of the network, so it runs on the
+training device inside the step and travels with the model into the exported bundle. The trainable,
+the refit and the benchmark all build their network here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ecg_tune.config import TrainConfig
+from ecg_tune.models import build_model
+from ecg_tune.signal.transforms import build_transform
+
+
+class Network(nn.Module):
+    """transform -> model; takes (batch, input_length) signals, returns class logits."""
+
+    def __init__(self, transform: nn.Module, model: nn.Module, input_length: int) -> None:
+        super().__init__()
+        self.transform = transform
+        self.model = model
+        self.input_length = input_length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.transform(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(self.transform(x))
+
+
+def build_network(config: TrainConfig, input_length: int, n_classes: int) -> Network:
+    """The network a config describes, for inputs of `input_length` samples."""
+    transform = build_transform(
+        config.transform,
+        input_length,
+        wavelet=config.wavelet,
+        levels=config.levels,
+        wavelet_output=config.wavelet_output,
+        fourier_log=config.fourier_log,
+    )
+    channels, length = transform.output_shape
+    model = build_model(
+        config.model,
+        channels,
+        length,
+        n_classes,
+        feature_size=config.feature_size,
+        width=config.width,
+        depth=config.depth,
+        dropout=config.dropout,
+    )
+    return Network(transform, model, input_length)

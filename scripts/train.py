@@ -1,0 +1,11 @@
+"""Train one configuration: a thin wrapper around `ecg-tune train`."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ecg_tune.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,23 @@
+"""Shared fixtures: a private data cache per test session, and the shared data folder when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CINC = SHARED_DATA / "cinc2017" / "training2017"
+
+needs_shared_data = pytest.mark.skipif(
+    not CINC.is_dir(), reason=f"needs the shared data folder {SHARED_DATA} (not present here)"
+)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep tests from reading or filling the user's real data cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ECG_TUNE_CACHE", str(tmp_path_factory.mktemp("ecg_tune_cache")))
+    yield
+    mp.undo()
