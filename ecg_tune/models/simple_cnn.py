@@ -1,0 +1,110 @@
+"""The seed notebook's SimpleCNN (`simple_cnn`) and its CNN+SVM variant (`cnn_svm`).
+
+Both names build the same network: two unpadded kernel-3 convolutions (16 and 32 channels),
+each followed by ReLU and max-pooling by 2, then Linear to `feature_size`, ReLU, Linear to the
+classes, with He (kaiming) initialisation. `cnn_svm` trains exactly this network with its
+linear head and is marked `uses_svm = True`, which tells the training loop to fit an RBF SVM
+(models/svm.py) on `features(x)`, the ReLU'd `feature_size` vector.
+
+Sizes used: `feature_size`. Unused: `width`, `depth`, `dropout` (the seed has no dropout and
+fixed conv widths; keeping them fixed keeps the seed's results reproducible).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ecg_tune.errors import ConfigError
+from ecg_tune.models import MODELS, EcgModel
+
+_KERNEL = 3
+_CHANNELS = (16, 32)
+# Shortest input the two unpadded convolutions can take: conv(5) -> 3, no pool, conv -> 1.
+MIN_LENGTH = 5
+
+
+class SimpleCNN(EcgModel):
+    """Conv1d(C->16, k3), ReLU, MaxPool(2), Conv1d(16->32, k3), ReLU, MaxPool(2), flatten,
+    Linear(-> feature_size), ReLU, [features] Linear(-> n_classes).
+
+    The flattened size follows from `input_length`; a pool is left out (Identity) when it
+    would shrink a length below what the next layer needs, so short inputs (e.g. a deep
+    wavelet approximation of 96 samples) still build. For 9000 samples nothing is skipped.
+    """
+
+    def __init__(self, in_channels: int, input_length: int, n_classes: int, feature_size: int = 64):
+        super().__init__(in_channels, input_length, n_classes)
+        if input_length < MIN_LENGTH:
+            raise ConfigError(
+                f"{type(self).__name__} needs inputs of at least {MIN_LENGTH} samples, "
+                f"got {input_length}"
+            )
+        c1, c2 = _CHANNELS
+        length = input_length - (_KERNEL - 1)
+        # The second conv needs >= 3 samples after the first pool.
+        pool1 = length // 2 >= _KERNEL
+        length = length // 2 if pool1 else length
+        length -= _KERNEL - 1
+        pool2 = length >= 2
+        length = length // 2 if pool2 else length
+        self.flat_dim = c2 * length
+        self.conv = nn.Sequential(
+            nn.Conv1d(in_channels, c1, _KERNEL),
+            nn.ReLU(),
+            nn.MaxPool1d(2) if pool1 else nn.Identity(),
+            nn.Conv1d(c1, c2, _KERNEL),
+            nn.ReLU(),
+            nn.MaxPool1d(2) if pool2 else nn.Identity(),
+        )
+        self.fc = nn.Linear(self.flat_dim, feature_size)
+        self.feature_dim = feature_size
+        self.head = nn.Linear(feature_size, n_classes)
+        self._he_init()
+
+    def _he_init(self) -> None:
+        # He init as in the seed: the weights feed ReLUs; zero biases.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv1d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, fixed_length=True)
+        return torch.relu(self.fc(self.conv(x).flatten(1)))
+
+
+class CNNWithSVM(SimpleCNN):
+    """SimpleCNN trained with its linear head; an SVM is then fitted on its features."""
+
+    uses_svm = True
+
+
+@MODELS.register("simple_cnn")
+def build_simple_cnn(
+    in_channels: int,
+    input_length: int,
+    n_classes: int,
+    *,
+    feature_size: int,
+    width: int,
+    depth: int,
+    dropout: float,
+) -> SimpleCNN:
+    """The seed's SimpleCNN. Uses `feature_size`; ignores width, depth and dropout."""
+    return SimpleCNN(in_channels, input_length, n_classes, feature_size)
+
+
+@MODELS.register("cnn_svm")
+def build_cnn_svm(
+    in_channels: int,
+    input_length: int,
+    n_classes: int,
+    *,
+    feature_size: int,
+    width: int,
+    depth: int,
+    dropout: float,
+) -> CNNWithSVM:
+    """SimpleCNN + SVM stage (`uses_svm`). Uses `feature_size`; ignores width, depth, dropout."""
+    return CNNWithSVM(in_channels, input_length, n_classes, feature_size)
