@@ -28,7 +28,7 @@ from torch import nn
 from ecg_tune.config import TrainConfig
 from ecg_tune.data.tensors import TensorData
 from ecg_tune.errors import ConfigError
-from ecg_tune.models.svm import SVMStage
+from ecg_tune.models.svm import SVMStage, stratified_subsample
 from ecg_tune.signal.augment import AugmentParams, BatchAugmenter
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import aggregate, softmax, window_outputs
@@ -166,7 +166,7 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(rows)
+        total += float(loss.detach()) * len(rows)
         seen += len(rows)
     return total / max(seen, 1), seen
 
@@ -191,28 +191,14 @@ def _validate(config: TrainConfig, network: Network, svm: SVMStage | None, data:
 def _fit_svm(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
              epoch: int, device: torch.device) -> SVMStage:
     """The SVM stage on the extractor's features of (a stratified subsample of) the training records."""
-    subset = stratified_subsample(train_index, data.labels[train_index], config.svm_max_train,
-                                  seed=config.seed + epoch)
+    subset = train_index[stratified_subsample(data.labels[train_index], config.svm_max_train,
+                                              seed=config.seed + epoch)]
     features, owners = window_outputs(network, data, subset, config.normalisation,
                                       config.window_overlap, device, features=True)
     window_labels = data.labels[subset][owners]
     # Every window of the chosen records is a training row; SVMStage's own cap keeps the fit bounded.
     return SVMStage(C=config.svm_c, gamma=config.svm_gamma, max_train=2 * config.svm_max_train,
-                    seed=config.seed, n_classes=len(data.classes)).fit(features, window_labels)
-
-
-def stratified_subsample(index: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """At most `limit` entries of `index`, keeping class proportions and every class."""
-    if len(index) <= limit:
-        return index
-    rng = np.random.default_rng(seed)
-    chosen = []
-    classes, counts = np.unique(labels, return_counts=True)
-    for cls, count in zip(classes, counts):
-        members = index[labels == cls]
-        take = max(1, int(round(limit * count / len(index))))
-        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
-    return np.sort(np.concatenate(chosen))
+                    seed=config.seed).fit(features, window_labels, n_classes=len(data.classes))
 
 
 def _class_weights(config: TrainConfig, train_labels: np.ndarray, n_classes: int,
@@ -225,16 +211,8 @@ def _class_weights(config: TrainConfig, train_labels: np.ndarray, n_classes: int
 
 
 def _dump_svm(svm: SVMStage | None) -> bytes | None:
-    if svm is None:
-        return None
-    import skops.io as sio
-
-    return sio.dumps(svm)
+    return None if svm is None else svm.to_bytes()
 
 
 def _load_svm(blob: bytes | None) -> SVMStage | None:
-    if not blob:
-        return None
-    import skops.io as sio
-
-    return sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
+    return SVMStage.from_bytes(blob) if blob else None
