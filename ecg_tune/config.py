@@ -114,12 +114,6 @@ class TrainConfig(BaseModel):
             raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
         return self
 
-    @property
-    def uses_svm(self) -> bool:
-        from ecg_tune.models import MODELS
-
-        return bool(getattr(MODELS.get(self.model), "uses_svm", False))
-
     def with_updates(self, **changes: Any) -> "TrainConfig":
         """A validated copy with some values changed."""
         return make_config({**self.model_dump(), **changes})

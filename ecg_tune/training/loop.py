@@ -116,7 +116,7 @@ def fit(
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr_used,
                    "train_samples_per_s": seen / max(train_seconds, 1e-9)}
-        if config.uses_svm:
+        if network.model.uses_svm:
             svm = _fit_svm(config, network, data, train_index, epoch, device)
         if len(val_index):
             metrics.update(_validate(config, network, svm, data, val_index, device))

@@ -21,8 +21,9 @@ from ecg_tune.training.metrics import ranking_metric
 
 
 def train_one(config: TrainConfig, dataset: Dataset, out: Path | None = None,
-              device: str | None = None, stream: TextIO = sys.stdout) -> list[dict]:
+              device: str | None = None, stream: TextIO | None = None) -> list[dict]:
     """Train and print one line per epoch; returns the per-epoch metrics."""
+    stream = stream or sys.stdout
     train_index, val_index = dataset.index("train"), dataset.index("val")
     tensors = dataset.tensors
     metric = ranking_metric(tensors.classes)
