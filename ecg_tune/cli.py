@@ -57,6 +57,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from ecg_tune.data import prepare
+
+    source = args.data or (str(DEFAULT_BENCHMARK_DATA) if DEFAULT_BENCHMARK_DATA.is_dir() else "synthetic")
+    dataset = prepare(source, label_column=args.label_column)
+    print(f"data: {dataset.summary()}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.benchmark == "pipeline":
+        from ecg_tune.benchmarks.pipeline import run_pipeline_benchmark
+
+        records, rounds = (256, 1) if args.quick else (args.records, args.rounds)
+        result = run_pipeline_benchmark(dataset, records=records, rounds=rounds)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out / f"{args.benchmark}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"results: {path}")
+    return 0
+
+
+# CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
+DEFAULT_BENCHMARK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cinc2017" / "training2017"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecg-tune", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     train.add_argument("--out", help="folder for split.csv, history.json and checkpoint.pt")
     train.set_defaults(run=cmd_train)
+
+    bench = commands.add_parser("benchmark", help="measure speed (results under benchmarks/results/)")
+    bench.add_argument("benchmark", choices=["pipeline"], help="which benchmark")
+    bench.add_argument("--data", default=None,
+                       help=f"data source (default: {DEFAULT_BENCHMARK_DATA} when present, else synthetic)")
+    bench.add_argument("--label-column", choices=["first", "last", "none"], default=None)
+    bench.add_argument("--records", type=int, default=1024, help="training records per measurement")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts")
+    bench.add_argument("--quick", action="store_true", help="a small, fast setting for trying it out")
+    bench.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
+    bench.set_defaults(run=cmd_benchmark)
     return parser
 
 

@@ -34,6 +34,7 @@ generator: as a few dozen tiny tensor ops they cost ~0.2 ms per batch on CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Sequence
@@ -72,6 +73,14 @@ POLICIES.register("none")(frozenset())
 _NOISE_BANK_SEED = 20170101
 _NOISE_BANK_MIN_LEN = 1 << 22
 _DRAWS_PER_ROW = 5  # warp factor, crop start, shift, scale, noise offset (fallback layout)
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_bank(length: int, device: str) -> Tensor:
+    # Shared by every augmenter in the process: a trial or a benchmark builds several, and
+    # generating 16 MB of normal noise costs tens of milliseconds each time.
+    gen = torch.Generator(device=device).manual_seed(_NOISE_BANK_SEED)
+    return torch.randn(length, generator=gen, device=device)
 
 
 @dataclass(frozen=True)
@@ -255,7 +264,6 @@ class BatchAugmenter:
         self.scale_on = "scale" in self.ops
         self.bank_length = max(_NOISE_BANK_MIN_LEN, 4 * self.input_length)
         self._ramps: dict[str, _Ramp] = {}
-        self._banks: dict[str, Tensor] = {}
 
     def __repr__(self) -> str:
         return (
@@ -271,12 +279,7 @@ class BatchAugmenter:
 
     def noise_bank(self, device: torch.device) -> Tensor:
         """The N(0, 1) bank noise is read from (fixed seed; generated once per device)."""
-        bank = self._banks.get(str(device))
-        if bank is None:
-            gen = torch.Generator(device=device).manual_seed(_NOISE_BANK_SEED)
-            bank = torch.randn(self.bank_length, generator=gen, device=device)
-            self._banks[str(device)] = bank
-        return bank
+        return _noise_bank(self.bank_length, str(device))
 
     # -- the random choices ------------------------------------------------------------------
 

@@ -161,14 +161,19 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
         x = augmenter(x, lengths[rows].to(device), generator)
         if config.normalisation == "none":
             x = x * scale[rows, None].to(device)
-        y = labels[rows].to(device)
-        loss = criterion(network(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(rows)
+        total += train_step(network, optimizer, criterion, x, labels[rows].to(device)) * len(rows)
         seen += len(rows)
     return total / max(seen, 1), seen
+
+
+def train_step(network: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+               x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimisation step on a prepared batch; returns the batch's mean loss."""
+    loss = criterion(network(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 def _validate(config: TrainConfig, network: Network, svm: SVMStage | None, data: TensorData,

