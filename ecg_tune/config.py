@@ -61,28 +61,16 @@ class TrainConfig(BaseModel):
     window_overlap: float = 0.5
     seed: int = 0
 
-    @field_validator("model")
+    @field_validator("model", "transform", "augmentation")
     @classmethod
-    def _known_model(cls, value: str) -> str:
+    def _registered(cls, value: str, info) -> str:
+        # Imported here: the registries import this module's neighbours, not the other way.
         from ecg_tune.models import MODELS
-
-        MODELS.get(value)
-        return value
-
-    @field_validator("transform")
-    @classmethod
-    def _known_transform(cls, value: str) -> str:
+        from ecg_tune.signal.augment import POLICIES
         from ecg_tune.signal.transforms import TRANSFORMS
 
-        TRANSFORMS.get(value)
-        return value
-
-    @field_validator("augmentation")
-    @classmethod
-    def _known_policy(cls, value: str) -> str:
-        from ecg_tune.signal.augment import POLICIES
-
-        POLICIES.get(value)
+        registry = {"model": MODELS, "transform": TRANSFORMS, "augmentation": POLICIES}[info.field_name]
+        registry.get(value)
         return value
 
     @field_validator("wavelet")
