@@ -7,6 +7,8 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,8 +21,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"warning: {message}\n"
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="synthetic",
+def add_data_options(parser: argparse.ArgumentParser, default: str | None = "synthetic") -> None:
+    parser.add_argument("--data", default=default,
                         help="synthetic[:N], a PhysioNet/WFDB folder, a notebook pickle folder, "
                              "or a .pkl/.parquet/.csv/UCR table file (default: synthetic)")
     parser.add_argument("--label-column", choices=["first", "last", "none"], default=None,
@@ -52,9 +54,79 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = load_config(args.config, overrides) if args.config else make_config(overrides, where="--set")
-    dataset = prepare(args.data, label_column=args.label_column, split_file=args.split, seed=config.seed)
+    data, split = args.data, args.split
+    search_result = _search_result(args.config)
+    if search_result is not None:
+        # A search's best_config.json: reproduce the trial on its data and its split.
+        data = data or search_result.get("data")
+        sibling = Path(args.config).parent / "split.csv"
+        if split is None and sibling.is_file() and data == search_result.get("data"):
+            split = str(sibling)
+            print(f"using the search's split {split}")
+    dataset = prepare(data or "synthetic", label_column=args.label_column, split_file=split, seed=config.seed)
     train_one(config, dataset, out=Path(args.out) if args.out else None, device=args.device)
     return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from ecg_tune.data import prepare
+    from ecg_tune.data.split import save_split
+    from ecg_tune.search.space import adapt, describe, load_space
+    from ecg_tune.search.tuner import SearchOptions, data_facts, make_plan
+
+    space = load_space(args.space)  # a bad space file fails before any data is read
+    if args.resume and not args.out:
+        raise EcgTuneError("--resume needs the --out folder of the search to continue")
+    out = Path(args.out or f"runs/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    options = SearchOptions(
+        out=out, num_samples=args.num_samples, max_epochs=args.max_epochs, time_budget=args.time_budget,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, searcher=args.searcher, scheduler=args.scheduler,
+        metric=args.metric, seed=args.seed, address=args.address, storage=args.storage,
+        optuna_storage=args.optuna_storage, keep_checkpoints=args.keep_checkpoints,
+        dashboard=args.dashboard, resume=args.resume)
+    options.check()
+    split_file = out / "split.csv" if args.resume and (out / "split.csv").is_file() else None
+    dataset = prepare(args.data, label_column=args.label_column, split_file=split_file, seed=args.seed)
+    facts = data_facts(dataset)
+    space = adapt(space, facts)
+    if args.metric and args.metric not in _known_metrics(dataset.records.classes):
+        raise EcgTuneError(f"--metric {args.metric}: not reported; choose one of "
+                           f"{', '.join(_known_metrics(dataset.records.classes))}")
+    print(f"data: {dataset.summary()}")
+    if args.dry_run:
+        print(describe(space, facts))
+        where = f"the cluster at {args.address}" if args.address else "this machine"
+        cpus, gpus = (os.cpu_count() or 1), (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        plan = make_plan(options, space, facts, cpus, gpus)
+        print(f"plan on {where} ({cpus} CPUs, {gpus} GPUs): {plan.describe()}")
+        print(f"results would go to {out}")
+        return 0
+    from ecg_tune.search.export import write_results
+    from ecg_tune.search.tuner import run_search
+
+    out.mkdir(parents=True, exist_ok=True)
+    if split_file is None:
+        save_split(dataset.records, dataset.split, out / "split.csv")
+    results, plan = run_search(options, space, dataset)
+    best = write_results(results, out, plan.metric, plan.max_epochs, args.seed, args.data)
+    print(f"best {plan.metric} {best['metrics'][plan.metric]:.4f} at epoch {best['epoch']} "
+          f"(trial {best['trial_id']}): {json.dumps(best['config'], default=str)}")
+    print(f"results in {out}: best_config.json, trials.csv, trials.parquet, split.csv, experiment/")
+    if not args.no_refit:
+        print("refit: not available yet (the refit issue adds it); best_config.json is the result")
+    return 0
+
+
+def _known_metrics(classes: list[str]) -> list[str]:
+    from ecg_tune.training.metrics import has_cinc_classes
+
+    names = ["val_accuracy", "val_macro_f1"] + (["val_cinc_f1"] if has_cinc_classes(classes) else [])
+    return names + [f"val_f1_{c}" for c in classes]
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -84,12 +156,23 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 DEFAULT_BENCHMARK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cinc2017" / "training2017"
 
 
+def _search_result(path: str | None) -> dict | None:
+    """The contents of a search's best_config.json, or None for a plain config file."""
+    if not path or not path.endswith(".json") or not Path(path).is_file():
+        return None
+    try:
+        content = json.loads(Path(path).read_text())
+    except ValueError:
+        return None  # load_config reports the parse error
+    return content if isinstance(content, dict) and isinstance(content.get("config"), dict) else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecg-tune", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one configuration and print a line per epoch")
-    add_data_options(train)
+    add_data_options(train, default=None)
     train.add_argument("--config", help="a YAML or JSON config file (or a search's best_config.json)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set model=resnet1d (repeatable)")
@@ -99,6 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     train.add_argument("--out", help="folder for split.csv, history.json and checkpoint.pt")
     train.set_defaults(run=cmd_train)
+
+    search = commands.add_parser("search", help="run a Ray Tune search over a space file")
+    add_data_options(search)
+    search.add_argument("--space", default="full", help="a shipped space (full, seed_grid, smoke) or a YAML file")
+    search.add_argument("--out", help="results folder (default: runs/<space>-<timestamp>)")
+    search.add_argument("--num-samples", type=int, help="number of trials (default: the space's)")
+    search.add_argument("--max-epochs", type=int, help="epochs per trial, ASHA's max_t (default: the space's)")
+    search.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop starting trials after this")
+    search.add_argument("--cpus-per-trial", type=float, default=1.0)
+    search.add_argument("--gpus-per-trial", type=float,
+                        help="GPU fraction per trial (default: 0.25 when the cluster has GPUs, else 0)")
+    search.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
+    search.add_argument("--searcher", choices=["optuna", "random"], default="optuna")
+    search.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    search.add_argument("--metric", help="metric to maximise (default: val_cinc_f1 with N, A, O classes, else val_macro_f1)")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--address", help="attach to this Ray cluster instead of starting one")
+    search.add_argument("--storage", help="experiment storage every node sees (path or URI; default: --out)")
+    search.add_argument("--optuna-storage", metavar="URL", help="keep the Optuna study there, e.g. sqlite:///study.db")
+    search.add_argument("--keep-checkpoints", type=int, default=1, help="checkpoints kept per trial")
+    search.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
+    search.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    search.add_argument("--dry-run", action="store_true", help="validate data and space, show the plan, train nothing")
+    search.add_argument("--no-refit", action="store_true", help="skip the refit of the best config")
+    search.set_defaults(run=cmd_search)
 
     bench = commands.add_parser("benchmark", help="measure speed (results under benchmarks/results/)")
     bench.add_argument("benchmark", choices=["pipeline"], help="which benchmark")

@@ -1,0 +1,14 @@
+"""Run a hyperparameter search: a thin wrapper around `ecg-tune search`.
+
+    python scripts/search.py --space full
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ecg_tune.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["search", *sys.argv[1:]]))
