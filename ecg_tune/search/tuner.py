@@ -135,9 +135,14 @@ def start_ray(options: SearchOptions) -> None:
     """Attach to `--address`, or start a local cluster (with the dashboard on 127.0.0.1 if asked)."""
     import ray
 
+    # Checkpointing every epoch is the point (nothing finished is lost): Tune's warning that
+    # frequent experiment snapshots may be a bottleneck is noise at this scale.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
-    kwargs: dict = {"include_dashboard": options.dashboard, "log_to_driver": True}
+    # Trial stdout (checkpoint notices) would drown the progress lines; errors are reported by
+    # SearchProgress and kept in each trial's error.txt.
+    kwargs: dict = {"include_dashboard": options.dashboard, "log_to_driver": False}
     if options.dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
     context = ray.init(address=options.address, **kwargs)
@@ -150,6 +155,7 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
     import ray
     from ray import tune
 
+    from ecg_tune.search.progress import SearchProgress
     from ecg_tune.search.trainable import train_trial  # imports ray.tune
 
     options.check()
@@ -198,13 +204,18 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
                 storage_path=storage,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=options.keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-                verbose=1,
+                callbacks=[SearchProgress(plan.metric, plan.max_epochs, _trial_count(plan, space, facts))],
+                verbose=0,  # SearchProgress prints the progress instead
             ),
         )
     started = time.perf_counter()
     results = tuner.fit()
     print(f"search finished in {time.perf_counter() - started:.0f} s", flush=True)
     return results, plan
+
+
+def _trial_count(plan: Plan, space: SearchSpace, facts: DataFacts) -> int:
+    return len(grid(space, facts)) if plan.searcher == "grid" else plan.num_samples
 
 
 def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: DataFacts, out: Path):

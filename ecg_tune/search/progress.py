@@ -1,0 +1,71 @@
+"""Live progress of a search on the console: a line per trial epoch and a table of all trials.
+
+Tune's own console output prints a large box per result without the ranking metric in its table;
+this callback prints what a user of the search wants to watch instead: each trial's epochs and its
+best score, the best trial so far, and a table of every trial when one ends.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray.tune import Callback
+
+
+class SearchProgress(Callback):
+    def __init__(self, metric: str, max_epochs: int, total: int, stream=None) -> None:
+        self.metric = metric
+        self.max_epochs = max_epochs
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.started = time.perf_counter()
+        self.trials: dict[str, dict] = {}
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def _clock(self) -> str:
+        seconds = int(time.perf_counter() - self.started)
+        return f"{seconds // 60:3d}:{seconds % 60:02d}"
+
+    def _row(self, trial) -> dict:
+        return self.trials.setdefault(trial.trial_id, {"epoch": 0, "best": None, "last": None,
+                                                       "status": "running", "config": trial.config})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        row = self._row(trial)
+        row["epoch"] = int(result.get("training_iteration", row["epoch"]))
+        value = result.get(self.metric)
+        if value is not None:
+            row["last"] = value
+            row["best"] = value if row["best"] is None else max(row["best"], value)
+        leader = self._leader()
+        lead = f" | best {leader[1]['best']:.4f} ({leader[0]})" if leader else ""
+        shown = f"{value:.4f}" if value is not None else "n/a"
+        self._print(f"{self._clock()} trial {trial.trial_id} epoch {row['epoch']}/{self.max_epochs} "
+                    f"{self.metric} {shown}{lead}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._row(trial)["status"] = "done" if self._row(trial)["epoch"] >= self.max_epochs else "stopped"
+        self._table()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._row(trial)["status"] = "errored"
+        self._print(f"{self._clock()} trial {trial.trial_id} raised an error (retried from its checkpoint "
+                    "until the retry limit; see its error.txt in experiment/)")
+
+    def _leader(self):
+        scored = [(tid, row) for tid, row in self.trials.items() if row["best"] is not None]
+        return max(scored, key=lambda item: item[1]["best"]) if scored else None
+
+    def _table(self) -> None:
+        finished = sum(r["status"] != "running" for r in self.trials.values())
+        self._print(f"{self._clock()} {finished}/{self.total} trials finished")
+        ranked = sorted(self.trials.items(), key=lambda item: -(item[1]["best"] or -1.0))
+        for trial_id, row in ranked:
+            best = f"{row['best']:.4f}" if row["best"] is not None else "   n/a"
+            keys = ("model", "transform", "wavelet", "levels", "augmentation", "input_length")
+            summary = ", ".join(f"{k}={row['config'][k]}" for k in keys if k in row["config"])
+            self._print(f"      {trial_id}  {row['status']:8s} epochs {row['epoch']:2d}  "
+                        f"best {self.metric} {best}  {summary}")
