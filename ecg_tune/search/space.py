@@ -172,6 +172,7 @@ class SearchSettings:
     reduction_factor: float = 3
     num_samples: int = 20
     searcher: Literal["optuna", "grid"] = "optuna"
+    time_budget: float | None = None  # seconds; no new trials after it, running ones stopped
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,9 @@ def _parse_settings(raw: object, where: str) -> SearchSettings:
         rf = raw["reduction_factor"]
         if not _is_number(rf) or not rf > 1:
             raise ConfigError(f"{where}: search: reduction_factor: expected a number > 1, got {rf!r}")
+    if "time_budget" in raw and raw["time_budget"] is not None and (
+            not _is_number(raw["time_budget"]) or raw["time_budget"] <= 0):
+        raise ConfigError(f"{where}: search: time_budget: expected seconds > 0, got {raw['time_budget']!r}")
     if "searcher" in raw and raw["searcher"] not in SEARCHERS:
         raise ConfigError(
             f"{where}: search: searcher: expected one of {', '.join(SEARCHERS)}, got {raw['searcher']!r}"

@@ -79,13 +79,15 @@ class Plan:
     max_concurrent: int
     searcher: str
     scheduler: str
+    time_budget: float | None = None
 
     def describe(self) -> str:
         gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ", no GPU"
         schedule = (f"ASHA (max_t {self.max_epochs}, grace {self.grace_period}, reduction {self.reduction_factor})"
                     if self.scheduler == "asha" else f"FIFO ({self.max_epochs} epochs each)")
+        budget = f"; time budget {self.time_budget:g} s" if self.time_budget else ""
         return (f"{self.num_samples} trials by {self.searcher}, {schedule}, ranked by {self.metric}; "
-                f"each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once")
+                f"each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once{budget}")
 
 
 def data_facts(dataset: Dataset) -> DataFacts:
@@ -128,6 +130,7 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
         max_concurrent=max(1, min(options.max_concurrent or fits, fits, num_samples)),
         searcher="grid" if settings.searcher == "grid" else options.searcher,
         scheduler="fifo" if settings.searcher == "grid" else options.scheduler,
+        time_budget=options.time_budget or settings.time_budget,
     )
 
 
@@ -197,7 +200,7 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
                 search_alg=_searcher(plan, options, space, facts, out),
                 scheduler=_scheduler(plan),
                 max_concurrent_trials=plan.max_concurrent,
-                time_budget_s=options.time_budget,
+                time_budget_s=plan.time_budget,
             ),
             run_config=tune.RunConfig(
                 name="experiment",
