@@ -115,8 +115,8 @@ svm_max_train: 1
 input_length: 600
 search: {max_epochs: 1}
 """)
-    _, _, best, trials = search(small, space, tmp_path / "out", num_samples=4, searcher="random",
-                                scheduler="fifo", max_concurrent=2)
+    _, _, best, trials = search(small, space, tmp_path / "out", num_samples=3, searcher="random",
+                                scheduler="fifo", max_concurrent=3)
     assert "errored" in set(trials["status"]) and "completed" in set(trials["status"])
     assert best["config"]["model"] == "simple_cnn"
 
@@ -148,8 +148,8 @@ def test_smoke_search_end_to_end_on_a_cluster_without_gpus(tmp_path: Path) -> No
 
 
 def test_resume_keeps_finished_trials(tmp_path: Path) -> None:
-    space = write_space(tmp_path / "slow.yaml", TINY.replace("input_length: 600", "input_length: 3000")
-                        + "search: {max_epochs: 3, num_samples: 4}\n")
+    space = write_space(tmp_path / "slow.yaml", TINY.replace("input_length: 600", "input_length: 2000")
+                        + "search: {max_epochs: 3, num_samples: 3}\n")
     out = tmp_path / "run"
     args = ["--space", str(space), "--data", "synthetic:120", "--out", str(out), "--scheduler", "fifo",
             "--max-concurrent", "1", "--no-refit"]
@@ -169,7 +169,7 @@ def test_resume_keeps_finished_trials(tmp_path: Path) -> None:
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 4 and (trials["epochs"] == 3).all()
+    assert len(trials) == 3 and (trials["epochs"] == 3).all()
     assert len(finished.read_text().splitlines()) == lines_before, "a finished trial was run again"
 
 
