@@ -63,6 +63,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if split is None and sibling.is_file() and data == search_result.get("data"):
             split = str(sibling)
             print(f"using the search's split {split}")
+        if args.threads is None and search_result.get("threads"):
+            args.threads = int(search_result["threads"])
+            print(f"using {args.threads} thread(s), as the trial did")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     dataset = prepare(data or "synthetic", label_column=args.label_column, split_file=split, seed=config.seed)
     train_one(config, dataset, out=Path(args.out) if args.out else None, device=args.device)
     return 0
@@ -113,7 +120,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if split_file is None:
         save_split(dataset.records, dataset.split, out / "split.csv")
     results, plan = run_search(options, space, dataset)
-    best = write_results(results, out, plan.metric, plan.max_epochs, args.seed, args.data)
+    best = write_results(results, out, plan.metric, plan.max_epochs, args.seed, args.data,
+                         threads=max(1, int(plan.cpus_per_trial)))
     print(f"best {plan.metric} {best['metrics'][plan.metric]:.4f} at epoch {best['epoch']} "
           f"(trial {best['trial_id']}): {json.dumps(best['config'], default=str)}")
     print(f"results in {out}: best_config.json, trials.csv, trials.parquet, split.csv, experiment/")
@@ -181,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--split", help="a split.csv to use instead of a new split")
     train.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     train.add_argument("--out", help="folder for split.csv, history.json and checkpoint.pt")
+    train.add_argument("--threads", type=int,
+                       help="CPU threads for torch (default: torch's, or the trial's for a best_config.json)")
     train.set_defaults(run=cmd_train)
 
     search = commands.add_parser("search", help="run a Ray Tune search over a space file")

@@ -56,7 +56,8 @@ def trial_rows(results, metric: str, max_epochs: int) -> list[dict]:
     return rows
 
 
-def write_results(results, out: Path, metric: str, max_epochs: int, seed: int, data: str) -> dict:
+def write_results(results, out: Path, metric: str, max_epochs: int, seed: int, data: str,
+                  threads: int = 1) -> dict:
     """Write the three result files; returns the best trial's record."""
     out.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(results, metric, max_epochs)
@@ -74,6 +75,9 @@ def write_results(results, out: Path, metric: str, max_epochs: int, seed: int, d
         "trial_id": winner["trial_id"],
         "metric": metric,
         "data": data,
+        # Ray runs a trial with OMP_NUM_THREADS = its CPUs; float sums depend on the thread count,
+        # so `ecg-tune train` uses the same count to repeat the trial bit for bit on a CPU.
+        "threads": threads,
     }
     (out / "best_config.json").write_text(json.dumps(best, indent=2, default=_plain))
     return best
