@@ -63,7 +63,7 @@ def write_results(results, out: Path, metric: str, max_epochs: int, seed: int, d
     rows = trial_rows(results, metric, max_epochs)
     table = pd.DataFrame([_flat(row) for row in rows])
     table.to_csv(out / "trials.csv", index=False)
-    table.to_parquet(out / "trials.parquet", index=False)
+    _parquet_ready(table).to_parquet(out / "trials.parquet", index=False)
     scored = [r for r in rows if r["best_epoch"] is not None]
     if not scored:
         raise EcgTuneError(f"{out}: no trial reported {metric}; see trials.csv and the experiment/ logs")
@@ -90,6 +90,16 @@ def _flat(row: dict) -> dict:
     flat.update({f"final/{k}": v for k, v in row["final"].items()})
     flat.update({f"best/{k}": v for k, v in row["best"].items()})
     return flat
+
+
+def _parquet_ready(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns that mix numbers and text (svm_gamma: 0.01 or "scale") as text, as Parquet needs."""
+    table = table.copy()
+    for column in table.columns:
+        values = table[column].dropna()
+        if table[column].dtype == object and values.map(type).nunique() > 1:
+            table[column] = table[column].map(lambda v: v if pd.isna(v) else str(v))
+    return table
 
 
 def _plain(value):

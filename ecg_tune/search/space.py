@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import pywt
 import yaml
 
 from ecg_tune.config import TrainConfig, make_config
@@ -564,7 +565,7 @@ def _per_trial_note(lengths: list[int], wavelets: list[str], p: Parameter) -> st
     lowest = _feasible_levels(n, w)
     if lowest >= top:
         return ""
-    return (f"each trial capped at max_wavelet_level(input_length, wavelet), "
+    return (f"each trial capped at the deepest level its input length and wavelet allow, "
             f"as low as {lowest} ({w} at {n} samples)")
 
 
@@ -594,7 +595,8 @@ def _check_user_space(where: str, params: dict[str, Parameter], facts: DataFacts
         source = "" if levels is not None else " (TrainConfig's default; add levels to the space)"
         raise ConfigError(
             f"{where}: levels: {deepest}{source} is deeper than this data allows: at most "
-            f"{feasible} for input length {n} with wavelet {w} (pywt.dwt_max_level)"
+            f"{feasible} for input length {n} with wavelet {w} (pywt's maximum, keeping at least "
+            f"{MIN_MODEL_INPUT} approximation samples for the models)"
         )
 
 
@@ -628,9 +630,24 @@ def _may_be_wavelet(params: dict[str, Parameter]) -> bool:
     return p is not None and "wavelet" in p.possible()
 
 
+# The shortest transform output every model accepts (SimpleCNN's two convolutions need 5).
+MIN_MODEL_INPUT = 8
+
+
 def _feasible_levels(input_length: int, wavelet: str) -> int:
+    """The deepest level pywt allows whose approximation still feeds every model."""
+    level = max_wavelet_level(input_length, wavelet)
+    while level > 1 and _approx_length(input_length, wavelet, level) < MIN_MODEL_INPUT:
+        level -= 1
     # At least 1: TrainConfig needs levels >= 1; only wavelets far longer than the input reach 0.
-    return max(1, max_wavelet_level(input_length, wavelet))
+    return max(1, level)
+
+
+def _approx_length(input_length: int, wavelet: str, level: int) -> int:
+    length, filter_length = input_length, pywt.Wavelet(wavelet).dec_len
+    for _ in range(level):
+        length = pywt.dwt_coeff_len(length, filter_length, "symmetric")
+    return length
 
 
 # ----------------------------------------------------------------------------------------------
