@@ -14,16 +14,17 @@ from ray.tune import Callback
 
 
 class SearchProgress(Callback):
-    def __init__(self, metric: str, max_epochs: int, total: int, stream=None) -> None:
+    def __init__(self, metric: str, max_epochs: int, total: int) -> None:
         self.metric = metric
         self.max_epochs = max_epochs
         self.total = total
-        self.stream = stream or sys.stdout
         self.started = time.perf_counter()
         self.trials: dict[str, dict] = {}
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        # sys.stdout looked up at each call: Tune pickles callbacks with the experiment state,
+        # and a stream object cannot be pickled.
+        print(text, file=sys.stdout, flush=True)
 
     def _clock(self) -> str:
         seconds = int(time.perf_counter() - self.started)
