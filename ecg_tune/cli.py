@@ -126,8 +126,58 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"(trial {best['trial_id']}): {json.dumps(best['config'], default=str)}")
     print(f"results in {out}: best_config.json, trials.csv, trials.parquet, split.csv, experiment/")
     if not args.no_refit:
-        print("refit: not available yet (the refit issue adds it); best_config.json is the result")
+        from ecg_tune.refit import run_refit
+
+        run_refit(out, cpus=args.cpus_per_trial, gpus=plan.gpus_per_trial)
     return 0
+
+
+def cmd_refit(args: argparse.Namespace) -> int:
+    from ecg_tune.refit import run_refit
+
+    run_refit(Path(args.run), cpus=args.cpus, gpus=args.gpus)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from ecg_tune.bundle import at_rate, load_bundle
+    from ecg_tune.data import check_records, load
+    from ecg_tune.data.sources import read_wfdb_records
+
+    bundle = load_bundle(args.model, device=args.device)
+    header = ["record", "predicted", *[f"p_{c}" for c in bundle.classes]]
+    rows, failed = [], 0
+    for item in args.inputs:
+        try:
+            path = Path(item)
+            if path.suffix.lower() in {".hea", ".mat", ".dat"}:
+                if not path.exists():
+                    raise EcgTuneError(f"{item}: no such file")
+                records = read_wfdb_records([path.with_suffix("")], source=item, progress=False)
+                check_records(records)
+            else:
+                records = load(item, label_column=args.label_column, progress=False)
+            records = at_rate(records, bundle.fs, args.fs)
+            probabilities = bundle.predict(records)
+        except EcgTuneError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for record, p in zip(records.record_ids, probabilities):
+            rows.append([record, bundle.classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+    handle = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    finally:
+        if args.output:
+            handle.close()
+    if failed:
+        print(f"{failed} of {len(args.inputs)} input(s) failed; {len(rows)} record(s) classified", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _known_metrics(classes: list[str]) -> list[str]:
@@ -191,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="folder for split.csv, history.json and checkpoint.pt")
     train.add_argument("--threads", type=int,
                        help="CPU threads for torch (default: torch's, or the trial's for a best_config.json)")
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(handler=cmd_train)
 
     search = commands.add_parser("search", help="run a Ray Tune search over a space file")
     add_data_options(search)
@@ -216,7 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     search.add_argument("--dry-run", action="store_true", help="validate data and space, show the plan, train nothing")
     search.add_argument("--no-refit", action="store_true", help="skip the refit of the best config")
-    search.set_defaults(run=cmd_search)
+    search.set_defaults(handler=cmd_search)
+
+    refit = commands.add_parser("refit", help="retrain a finished search's best config, test it once, export it")
+    refit.add_argument("--run", required=True, help="the search's output folder (holds best_config.json)")
+    refit.add_argument("--cpus", type=float, default=1.0, help="CPUs for the refit task")
+    refit.add_argument("--gpus", type=float, help="GPU share (default: 0.25 when the cluster has GPUs)")
+    refit.set_defaults(handler=cmd_refit)
+
+    predict = commands.add_parser("predict", help="classify recordings with an exported model bundle")
+    predict.add_argument("--model", required=True, help="a model/ folder written by the refit")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="WFDB records (.hea/.mat/.dat), folders of them, or table files")
+    predict.add_argument("--output", help="CSV file to write (default: standard output)")
+    predict.add_argument("--fs", type=float, help="sampling rate of inputs that do not state one")
+    predict.add_argument("--label-column", choices=["first", "last", "none"], default=None)
+    predict.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
+    predict.set_defaults(handler=cmd_predict)
 
     bench = commands.add_parser("benchmark", help="measure speed (results under benchmarks/results/)")
     bench.add_argument("benchmark", choices=["pipeline"], help="which benchmark")
@@ -227,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts")
     bench.add_argument("--quick", action="store_true", help="a small, fast setting for trying it out")
     bench.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
-    bench.set_defaults(run=cmd_benchmark)
+    bench.set_defaults(handler=cmd_benchmark)
     return parser
 
 
@@ -236,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.formatwarning = _one_line_warning
     try:
-        return args.run(args)
+        return args.handler(args)
     except EcgTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -84,3 +84,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def record_probabilities(network: Network, svm, data: TensorData, index: np.ndarray, normalisation: str,
+                         overlap: float, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Per-record class probabilities: (the SVM stage's when there is one, the network head's).
+
+    The head's probabilities are returned too because the validation loss is computed from them.
+    """
+    logits, owners = window_outputs(network, data, index, normalisation, overlap, device)
+    head = aggregate(softmax(logits), owners, len(index))
+    if svm is None:
+        return head, head
+    features, owners = window_outputs(network, data, index, normalisation, overlap, device, features=True)
+    return aggregate(svm.predict_proba(features), owners, len(index)), head

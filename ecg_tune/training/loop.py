@@ -31,7 +31,7 @@ from ecg_tune.errors import ConfigError
 from ecg_tune.models.svm import SVMStage, stratified_subsample
 from ecg_tune.signal.augment import AugmentParams, BatchAugmenter
 from ecg_tune.training.device import pick_device
-from ecg_tune.training.evaluate import aggregate, softmax, window_outputs
+from ecg_tune.training.evaluate import record_probabilities, window_outputs
 from ecg_tune.training.metrics import classification_metrics
 from ecg_tune.training.network import Network, build_network
 
@@ -65,11 +65,14 @@ def fit(
     device: torch.device | str | None = None,
     resume: dict | None = None,
     lr_schedule: list[float] | None = None,
+    svm_last_epoch_only: bool = False,
 ) -> Iterator[EpochResult]:
     """Train `config` on the records at `train_index`, validating on `val_index` each epoch.
 
     lr_schedule: learning rate per epoch to replay instead of ReduceLROnPlateau (the refit, which
     has no validation data left, replays what the trial used). val_index may then be empty.
+    svm_last_epoch_only: fit cnn_svm's SVM stage after the last epoch only (the refit, which
+    reports no per-epoch validation, needs just the final one).
     """
     if data.labels is None:
         raise ConfigError(f"{data.record_ids[0] if len(data) else 'data'}: training needs labelled records")
@@ -116,7 +119,7 @@ def fit(
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr_used,
                    "train_samples_per_s": seen / max(train_seconds, 1e-9)}
-        if network.model.uses_svm:
+        if network.model.uses_svm and (not svm_last_epoch_only or epoch + 1 == epochs):
             svm = _fit_svm(config, network, data, train_index, epoch, device)
         if len(val_index):
             metrics.update(_validate(config, network, svm, data, val_index, device))
@@ -179,15 +182,9 @@ def train_step(network: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
 def _validate(config: TrainConfig, network: Network, svm: SVMStage | None, data: TensorData,
               val_index: np.ndarray, device: torch.device) -> dict:
     truth = data.labels[val_index]
-    logits, owners = window_outputs(network, data, val_index, config.normalisation,
-                                    config.window_overlap, device)
-    head = aggregate(softmax(logits), owners, len(val_index))
+    probabilities, head = record_probabilities(network, svm, data, val_index, config.normalisation,
+                                               config.window_overlap, device)
     loss = float(np.mean(-np.log(np.clip(head[np.arange(len(truth)), truth], 1e-12, None))))
-    probabilities = head
-    if svm is not None:
-        features, owners = window_outputs(network, data, val_index, config.normalisation,
-                                          config.window_overlap, device, features=True)
-        probabilities = aggregate(svm.predict_proba(features), owners, len(val_index))
     metrics = classification_metrics(truth, probabilities.argmax(axis=1), data.classes, prefix="val_")
     metrics["val_loss"] = loss
     return metrics
