@@ -55,17 +55,22 @@ def test_other_sampling_rates_are_resampled_or_refused() -> None:
 
 @pytest.fixture(scope="module")
 def refitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A smoke-sized search of cnn_svm with its refit, run as a user would."""
-    folder = tmp_path_factory.mktemp("refit")
-    space = folder / "svm.yaml"
-    space.write_text("model: cnn_svm\ninput_length: 1500\ntransform: {type: choice, values: [none, wavelet]}\n"
-                     "levels: {type: int, low: 2, high: 3, when: {transform: wavelet}}\n"
-                     "search: {max_epochs: 2, num_samples: 2}\n")
-    out = folder / "run"
-    result = cli("search.py", "--space", str(space), "--data", "synthetic:120", "--out", str(out))
+    """The smoke space searched and refitted through the command line, as a user would, on a
+    local cluster without GPUs (this machine's). Seeded TPE's first smoke trials are cnn_svm, so
+    the bundle carries an SVM stage."""
+    out = tmp_path_factory.mktemp("refit") / "run"
+    result = cli("search.py", "--space", "smoke", "--data", "synthetic:120", "--out", str(out),
+                 "--num-samples", "2", "--max-epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "test (" in result.stdout
+    assert "best val_cinc_f1" in result.stdout and "test (" in result.stdout
     return out
+
+
+def test_search_writes_its_results(refitted: Path) -> None:
+    for name in ("best_config.json", "trials.csv", "trials.parquet", "split.csv"):
+        assert (refitted / name).is_file(), name
+    assert (refitted / "experiment").is_dir()
+    assert json.loads((refitted / "best_config.json").read_text())["config"]["model"] == "cnn_svm"
 
 
 def test_refit_writes_report_pictures_and_bundle(refitted: Path) -> None:

@@ -1,8 +1,8 @@
 """The search on a small real local Ray cluster (Ray 2.60 has no local mode).
 
-One session-scoped cluster with logical resources (4 CPUs on 2 cores, 1 GPU without CUDA) serves
+One module-scoped cluster with logical resources (4 CPUs on 2 cores, 1 GPU without CUDA) serves
 the in-process tests; the tests that need a cluster of another shape (none with a GPU) run the
-command line in a subprocess.
+command line in a subprocess (the smoke space end to end is in test_refit.py).
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ svm_max_train: 1
 input_length: 600
 search: {max_epochs: 1}
 """)
-    _, _, best, trials = search(small, space, tmp_path / "out", num_samples=3, searcher="random",
-                                scheduler="fifo", max_concurrent=3)
+    _, _, best, trials = search(small, space, tmp_path / "out", num_samples=2, searcher="random",
+                                scheduler="fifo", max_concurrent=2, max_failures=1)
     assert "errored" in set(trials["status"]) and "completed" in set(trials["status"])
     assert best["config"]["model"] == "simple_cnn"
 
@@ -136,22 +136,12 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           env={**os.environ, "RAY_DEDUP_LOGS": "0"})
 
 
-def test_smoke_search_end_to_end_on_a_cluster_without_gpus(tmp_path: Path) -> None:
-    out = tmp_path / "smoke"
-    result = run_cli("--space", "smoke", "--data", "synthetic:80", "--out", str(out),
-                     "--num-samples", "2", "--max-epochs", "1", "--no-refit")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "best val_cinc_f1" in result.stdout
-    for name in ("best_config.json", "trials.csv", "trials.parquet", "split.csv"):
-        assert (out / name).is_file(), name
-    assert (out / "experiment").is_dir()
-
-
+@pytest.mark.slow  # about 1.5-2.5 minutes here; run with `python -m pytest -m slow`
 def test_resume_keeps_finished_trials(tmp_path: Path) -> None:
     space = write_space(tmp_path / "slow.yaml", TINY.replace("input_length: 600", "input_length: 2000")
                         + "search: {max_epochs: 3, num_samples: 3}\n")
     out = tmp_path / "run"
-    args = ["--space", str(space), "--data", "synthetic:120", "--out", str(out), "--scheduler", "fifo",
+    args = ["--space", str(space), "--data", "synthetic:80", "--out", str(out), "--scheduler", "fifo",
             "--max-concurrent", "1", "--no-refit"]
     process = subprocess.Popen([*SEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finished = None

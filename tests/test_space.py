@@ -23,7 +23,7 @@ from ecg_tune.search.space import (
     grid,
     load_space,
     shipped_names,
-    trial_config,
+    optuna_trial_values,
 )
 from ecg_tune.signal.transforms import max_wavelet_level
 
@@ -124,7 +124,7 @@ def _run_study(space_name: str, facts: DataFacts, sampler: optuna.samplers.BaseS
     for _ in range(n):
         trial = study.ask()
         returned = fn(trial)  # before reading trial.params: fn is what suggests them
-        config = trial_config(trial.params, returned)
+        config = optuna_trial_values(trial.params, returned)
         _check_config(config, facts)
         configs.append(config)
         # A score that depends on several keys, so TPE has something to model.
@@ -168,7 +168,7 @@ def test_levels_choice_clamped_per_trial() -> None:
     for _ in range(40):
         trial = study.ask()
         returned = fn(trial)  # before reading trial.params: fn is what suggests them
-        config = trial_config(trial.params, returned)
+        config = optuna_trial_values(trial.params, returned)
         _check_config(config, TINY)
         if config["transform"] == "wavelet":
             seen.add((config["wavelet"], config["levels"]))

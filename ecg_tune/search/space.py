@@ -66,7 +66,7 @@ __all__ = [
     "load_space",
     "parse_space",
     "shipped_names",
-    "trial_config",
+    "optuna_trial_values",
 ]
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -707,7 +707,7 @@ def define_by_run(space: SearchSpace, facts: DataFacts) -> Callable[["optuna.tri
     return _DefineByRun(adapt(space, facts))
 
 
-def trial_config(params: dict[str, Any], returned: dict[str, Any] | None) -> dict[str, Any]:
+def optuna_trial_values(params: dict[str, Any], returned: dict[str, Any] | None) -> dict[str, Any]:
     """A trial's config as Ray builds it: suggested values, then the returned dict over them."""
     return {**params, **(returned or {})}
 

@@ -46,6 +46,7 @@ class SearchOptions:
     storage: str | None = None
     optuna_storage: str | None = None
     keep_checkpoints: int = 1
+    max_failures: int = MAX_TRIAL_FAILURES
     dashboard: bool = False
     resume: bool = False
     extra: dict = field(default_factory=dict)
@@ -206,7 +207,7 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
                 name="experiment",
                 storage_path=storage,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=options.keep_checkpoints),
-                failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 callbacks=[SearchProgress(plan.metric, plan.max_epochs, _trial_count(plan, space, facts))],
                 verbose=0,  # SearchProgress prints the progress instead
             ),
