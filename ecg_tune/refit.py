@@ -10,11 +10,8 @@ its progress lines come back through a Ray queue.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ecg_tune.config import make_config
@@ -42,7 +39,6 @@ def all_histories(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 def _refit_task(config_values: dict, tensors, train_index, test_index, lr_schedule, queue) -> dict:
     """Train, then predict the test records; runs where Ray places it."""
-    from ecg_tune.models.svm import SVMStage  # noqa: F401  (import for skops types on the worker)
     from ecg_tune.training.device import pick_device
     from ecg_tune.training.evaluate import record_probabilities
     from ecg_tune.training.loop import fit
@@ -60,15 +56,12 @@ def _refit_task(config_values: dict, tensors, train_index, test_index, lr_schedu
         queue.put("refit: SVM stage fitted on all training features")
     probabilities, _ = record_probabilities(last.network, last.svm, tensors, test_index, config.normalisation,
                                             config.window_overlap, device)
-    import torch
-
     return {
         "history": history,
         "state": {k: v.detach().cpu() for k, v in last.network.state_dict().items()},
         "input_length": last.network.input_length,
         "svm": last.svm.to_bytes() if last.svm is not None else None,
         "probabilities": probabilities,
-        "torch": torch.__version__,
     }
 
 

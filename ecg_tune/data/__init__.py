@@ -17,7 +17,7 @@ import numpy as np
 from ecg_tune.data import cache
 from ecg_tune.data.records import Records
 from ecg_tune.data.tensors import TensorData
-from ecg_tune.data.sources import LabelColumn, read_source, source_kind, _some
+from ecg_tune.data.sources import LabelColumn, read_source, source_kind, some_of
 from ecg_tune.errors import DataError
 
 __all__ = ["Dataset", "Records", "TensorData", "check_records", "load", "prepare"]
@@ -64,14 +64,14 @@ def check_records(records: Records) -> None:
         raise DataError(f"{where}: no records")
     empty = [rid for rid, s in zip(records.record_ids, records.signals) if s.size == 0]
     if empty:
-        raise DataError(f"{where}: {len(empty)} empty record(s): {_some(empty)}")
+        raise DataError(f"{where}: {len(empty)} empty record(s): {some_of(empty)}")
     bad = [rid for rid, s in zip(records.record_ids, records.signals) if not np.isfinite(s).all()]
     if bad:
-        raise DataError(f"{where}: {len(bad)} record(s) with NaN or infinite samples: {_some(bad)}")
+        raise DataError(f"{where}: {len(bad)} record(s) with NaN or infinite samples: {some_of(bad)}")
     if len(set(records.record_ids)) != len(records.record_ids):
         counts = Counter(records.record_ids)
         dupes = sorted(rid for rid, n in counts.items() if n > 1)
-        raise DataError(f"{where}: record ids appear more than once: {_some(dupes)}")
+        raise DataError(f"{where}: record ids appear more than once: {some_of(dupes)}")
     if records.labels is not None and len(records.labels) != len(records):
         raise DataError(f"{where}: {len(records.labels)} labels for {len(records)} records")
 

@@ -122,7 +122,7 @@ def read_physionet_folder(folder: Path, progress: bool = True) -> Records:
     if missing:
         raise DataError(
             f"{reference}: names {len(missing)} record(s) with no .hea file in {folder}: "
-            f"{_some(missing)}"
+            f"{some_of(missing)}"
         )
     unlabelled = len(known) - len({rec for rec, _ in rows})
     if unlabelled > 0:
@@ -152,7 +152,7 @@ def read_label_file(path: Path) -> list[tuple[str, str]]:
     records = [row[0] for row in rows]
     if len(set(records)) != len(records):
         duplicates = sorted({r for r in records if records.count(r) > 1})
-        raise DataError(f"{path}: records listed more than once: {_some(duplicates)}")
+        raise DataError(f"{path}: records listed more than once: {some_of(duplicates)}")
     return [(row[0], row[1]) for row in rows]
 
 
@@ -170,7 +170,7 @@ def read_wfdb_records(paths: list[Path], source: str, progress: bool = True) -> 
         )
     multi = [p.name for p, (_, _, n_leads) in zip(paths, results) if n_leads > 1]
     if multi:
-        warnings.warn(f"{source}: {len(multi)} record(s) have several leads; the first lead is used ({_some(multi)})")
+        warnings.warn(f"{source}: {len(multi)} record(s) have several leads; the first lead is used ({some_of(multi)})")
     return Records(
         signals=[signal for signal, _, _ in results],
         labels=None,
@@ -290,14 +290,14 @@ def _records_from_frame(frame: pd.DataFrame, path: Path, split: str | None, id_p
     if "fs" in frame.columns:
         rates = pd.unique(frame["fs"])
         if len(rates) != 1:
-            raise DataError(f"{path}: column 'fs' holds several sampling rates ({_some(list(rates))})")
+            raise DataError(f"{path}: column 'fs' holds several sampling rates ({some_of(list(rates))})")
         fs = float(rates[0])
     groups = [str(g) for g in frame["group"]] if "group" in frame.columns else None
     if "split" in frame.columns:
         splits = [str(s) for s in frame["split"]]
         unknown = sorted(set(splits) - {"train", "val", "test"})
         if unknown:
-            raise DataError(f"{path}: column 'split' has values other than train/val/test: {_some(unknown)}")
+            raise DataError(f"{path}: column 'split' has values other than train/val/test: {some_of(unknown)}")
     else:
         splits = None if split is None else [split] * n
     return Records(signals=signals, labels=labels, classes=classes, record_ids=ids, groups=groups,
@@ -422,6 +422,6 @@ def _concat(parts: list[Records], source: str) -> Records:
     )
 
 
-def _some(items: list, limit: int = 3) -> str:
+def some_of(items: list, limit: int = 3) -> str:
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")

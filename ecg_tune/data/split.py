@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ecg_tune.data.records import Records
-from ecg_tune.data.sources import _some
+from ecg_tune.data.sources import some_of
 from ecg_tune.errors import DataError
 
 PARTS = ("train", "val", "test")
@@ -41,7 +41,7 @@ def make_split(records: Records, val_fraction: float = 0.15, test_fraction: floa
             )
     train_classes = {records.classes[i] for i in records.labels[split == "train"]}
     if len(train_classes) < 2:
-        raise DataError(f"{where}: the train part has a single class ({_some(sorted(train_classes))})")
+        raise DataError(f"{where}: the train part has a single class ({some_of(sorted(train_classes))})")
     return split
 
 
@@ -52,7 +52,7 @@ def require_labels(records: Records) -> None:
         raise DataError(f"{where}: the records have no labels (a label file or label column is needed to train)")
     present = sorted({records.classes[i] for i in np.unique(records.labels)})
     if len(present) < 2:
-        raise DataError(f"{where}: all records have one class ({_some(present)}); training needs at least two")
+        raise DataError(f"{where}: all records have one class ({some_of(present)}); training needs at least two")
 
 
 def _carve(records: Records, split: np.ndarray, fractions: dict[str, float], seed: int) -> None:
@@ -117,8 +117,8 @@ def load_split(path: str | Path, records: Records) -> np.ndarray:
     assigned = {row["record"]: row["split"] for row in rows}
     missing = [rid for rid in records.record_ids if rid not in assigned]
     if missing:
-        raise DataError(f"{path}: {len(missing)} record(s) of {records.source} are not in the split file: {_some(missing)}")
+        raise DataError(f"{path}: {len(missing)} record(s) of {records.source} are not in the split file: {some_of(missing)}")
     unknown = sorted({s for s in assigned.values() if s not in PARTS})
     if unknown:
-        raise DataError(f"{path}: unknown split names {_some(unknown)} (expected train, val, test)")
+        raise DataError(f"{path}: unknown split names {some_of(unknown)} (expected train, val, test)")
     return np.array([assigned[rid] for rid in records.record_ids], dtype=object)

@@ -16,7 +16,6 @@ validation metrics, so that it is ranked by what it would deliver.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
