@@ -188,26 +188,107 @@ def _known_metrics(classes: list[str]) -> list[str]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    import json
     import time
 
+    from ecg_tune.benchmarks.common import machine_info, results_path, thin
     from ecg_tune.data import prepare
 
+    if args.benchmark == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("benchmark gpu: skipped, this machine has no CUDA device (nothing was measured)")
+            return 0
     source = args.data or (str(DEFAULT_BENCHMARK_DATA) if DEFAULT_BENCHMARK_DATA.is_dir() else "synthetic")
-    dataset = prepare(source, label_column=args.label_column)
-    print(f"data: {dataset.summary()}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+    def dataset():
+        data = prepare(source, label_column=args.label_column)
+        if args.quick:
+            data = thin(data, QUICK_RECORDS)
+        print(f"data: {data.summary()}" + (" (--quick: a subset is in play)" if args.quick else ""), flush=True)
+        return data
+
+    out, stamp = Path(args.out), time.strftime("%Y%m%d-%H%M%S")
+    table = None
     if args.benchmark == "pipeline":
         from ecg_tune.benchmarks.pipeline import run_pipeline_benchmark
 
         records, rounds = (256, 1) if args.quick else (args.records, args.rounds)
-        result = run_pipeline_benchmark(dataset, records=records, rounds=rounds)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out / f"{args.benchmark}-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2))
+        result = run_pipeline_benchmark(prepare(source, label_column=args.label_column), records=records, rounds=rounds)
+    elif args.benchmark == "search":
+        from ecg_tune.benchmarks import search
+
+        budget, seeds = (40.0, 1) if args.quick else (args.budget, args.seeds)
+        data = dataset()
+        runs_dir = (Path("runs") / f"benchmark-search-{stamp}").resolve()
+        result = search.run_search_benchmark(data, runs_dir, budget=budget, seeds=seeds, strategies=args.strategies)
+        search.plot(result, results_path(out, "search", stamp, ".png"))
+        table = search.table(result)
+    elif args.benchmark == "overhead":
+        from ecg_tune.benchmarks.overhead import run_overhead_benchmark
+
+        result = run_overhead_benchmark(dataset(), tiny_trials=8 if args.quick else args.tiny_trials,
+                                        max_epochs=1 if args.quick else 2)
+    elif args.benchmark == "gpu":
+        from ecg_tune.benchmarks.overhead import run_gpu_benchmark
+
+        result = run_gpu_benchmark(dataset(), max_epochs=1 if args.quick else 2)
+    else:
+        from ecg_tune.benchmarks import quality
+
+        run_dir = Path(args.run).resolve() if args.run else _quality_search(
+            args, dataset(), source, (Path("runs") / f"benchmark-quality-{stamp}").resolve())
+        result = quality.run_quality_benchmark(run_dir, n_kernels=1000 if args.quick else args.kernels)
+        result["seed_grid_val"] = _seed_grid_figure(out)
+        table = quality.table(result, result["seed_grid_val"])
+    result = {"machine": machine_info(), "source": source, "quick": args.quick, **result}
+    path = results_path(out, args.benchmark, stamp, ".json")
+    path.write_text(json.dumps(result, indent=2, default=_plain))
+    if table:
+        print(table)
     print(f"results: {path}")
     return 0
+
+
+def _quality_search(args: argparse.Namespace, dataset, source: str, run_dir: Path) -> Path:
+    """The `full` search (with its refit) that `benchmark quality` measures, within --search-budget."""
+    from ecg_tune.data.split import save_split
+    from ecg_tune.refit import run_refit
+    from ecg_tune.search.export import write_results
+    from ecg_tune.search.space import adapt, load_space
+    from ecg_tune.search.tuner import SearchOptions, data_facts, run_search
+
+    budget = 90.0 if args.quick else args.search_budget
+    options = SearchOptions(out=run_dir, time_budget=budget, num_samples=args.search_trials)
+    save_split(dataset.records, dataset.split, run_dir / "split.csv")
+    results, plan = run_search(options, adapt(load_space("full"), data_facts(dataset)), dataset)
+    write_results(results, run_dir, plan.metric, plan.max_epochs, options.seed, source)
+    run_refit(run_dir)
+    return run_dir
+
+
+def _seed_grid_figure(folder: Path) -> float | None:
+    """The seed grid's mean final validation score in the newest full `search` benchmark, if any."""
+    for path in sorted(folder.glob("search-*.json"), reverse=True):
+        result = json.loads(path.read_text())
+        if not result.get("quick") and "seed_grid" in result.get("summary", {}):
+            return result["summary"]["seed_grid"]["final_mean"]
+    return None
+
+
+# Records in play for --quick, per benchmark: enough for every code path, small enough for minutes.
+QUICK_RECORDS = 600
+
+
+def _plain(value):
+    """JSON for numpy scalars and arrays in benchmark results."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
@@ -284,15 +365,34 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     predict.set_defaults(handler=cmd_predict)
 
-    bench = commands.add_parser("benchmark", help="measure speed (results under benchmarks/results/)")
-    bench.add_argument("benchmark", choices=["pipeline"], help="which benchmark")
-    bench.add_argument("--data", default=None,
-                       help=f"data source (default: {DEFAULT_BENCHMARK_DATA} when present, else synthetic)")
-    bench.add_argument("--label-column", choices=["first", "last", "none"], default=None)
-    bench.add_argument("--records", type=int, default=1024, help="training records per measurement")
-    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts")
-    bench.add_argument("--quick", action="store_true", help="a small, fast setting for trying it out")
-    bench.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
+    bench = commands.add_parser("benchmark", help="measure speed and quality (results under benchmarks/results/)")
+    kinds = bench.add_subparsers(dest="benchmark", required=True)
+    pipeline = kinds.add_parser("pipeline", help="input pipeline and epoch throughput against the seed and the limit")
+    pipeline.add_argument("--records", type=int, default=1024, help="training records per measurement")
+    pipeline.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts")
+    strategies = kinds.add_parser("search", help="seed grid vs random/FIFO vs random/ASHA vs Optuna/ASHA at equal time")
+    strategies.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
+                            help="wall-clock budget of each search run (default 300: 4 strategies x 3 seeds "
+                                 "take about an hour on 2 cores)")
+    strategies.add_argument("--seeds", type=int, default=3, help="runs per strategy")
+    strategies.add_argument("--strategies", nargs="+", choices=["seed_grid", "random_fifo", "random_asha",
+                                                                "optuna_asha"], help="a subset (default: all)")
+    overhead = kinds.add_parser("overhead", help="Ray's cost per trial, trials/min, peak memory of 1 vs 4 trials")
+    overhead.add_argument("--tiny-trials", type=int, default=40, help="trials that only report once")
+    gpu = kinds.add_parser("gpu", help="throughput of 1, 2, 4, 8 trials sharing one GPU (skips without CUDA)")
+    quality = kinds.add_parser("quality", help="a full search's test score against duration-only, MiniRocket, "
+                                               "pad vs crop and the published anchors")
+    quality.add_argument("--run", help="a finished, refitted search folder to measure (default: run a full search)")
+    quality.add_argument("--search-budget", type=float, default=2400.0, metavar="SECONDS",
+                         help="wall-clock budget of that search (default 2400 = 40 min)")
+    quality.add_argument("--search-trials", type=int, default=200, help="trial limit of that search")
+    quality.add_argument("--kernels", type=int, default=10_000, help="MiniRocket kernels")
+    for kind in (pipeline, strategies, overhead, gpu, quality):
+        kind.add_argument("--data", default=None,
+                          help=f"data source (default: {DEFAULT_BENCHMARK_DATA} when present, else synthetic)")
+        kind.add_argument("--label-column", choices=["first", "last", "none"], default=None)
+        kind.add_argument("--quick", action="store_true", help="a small, fast setting for trying it out")
+        kind.add_argument("--out", default="benchmarks/results", help="folder for the JSON results and plots")
     bench.set_defaults(handler=cmd_benchmark)
     return parser
 

@@ -10,12 +10,14 @@ its progress lines come back through a Ray queue.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from ecg_tune.config import make_config
-from ecg_tune.data import prepare
+from ecg_tune.config import TrainConfig, make_config
+from ecg_tune.data import Dataset, prepare
 from ecg_tune.errors import EcgTuneError
 
 
@@ -65,34 +67,14 @@ def _refit_task(config_values: dict, tensors, train_index, test_index, lr_schedu
     }
 
 
-def run_refit(run_dir: Path, cpus: float = 1.0, gpus: float | None = None) -> dict:
-    """Refit the best config of the search in `run_dir`; write report, pictures and model/."""
+def train_and_predict(config: TrainConfig, dataset: Dataset, train_index: np.ndarray, test_index: np.ndarray,
+                      lr_schedule: list[float], cpus: float = 1.0, gpus: float | None = None) -> dict:
+    """Train `config` on `train_index` as a Ray task (progress printed here), then predict `test_index`.
+
+    Returns the task's output: history, network state, input length, SVM bytes, test probabilities.
+    """
     import ray
     from ray.util.queue import Queue
-
-    from ecg_tune.bundle import save_bundle
-    from ecg_tune.models.svm import SVMStage
-    from ecg_tune.report import plot_confusion, plot_search_overview, plot_training_curves, test_metrics, write_report
-    from ecg_tune.training.network import build_network
-
-    run_dir = Path(run_dir).resolve()
-    best_path = run_dir / "best_config.json"
-    if not best_path.is_file():
-        raise EcgTuneError(f"{run_dir}: no best_config.json (is this a finished search folder?)")
-    best = json.loads(best_path.read_text())
-    epochs = int(best["epoch"])
-    history = trial_history(run_dir, best["trial_id"])
-    if history is not None and "lr" in history:
-        lr_schedule = [float(v) for v in history.sort_values("training_iteration")["lr"].tolist()[:epochs]]
-    else:
-        lr_schedule = [float(best["config"].get("lr", 1e-3))] * epochs
-    config = make_config({**best["config"], "epochs": epochs}, where=str(best_path))
-    dataset = prepare(best["data"], split_file=run_dir / "split.csv", seed=config.seed)
-    train_index, test_index = dataset.index("train", "val"), dataset.index("test")
-    # The SVM stage is fitted on all the refit's training records, not a subsample.
-    config = config.with_updates(svm_max_train=max(config.svm_max_train, len(train_index)))
-    print(f"refit: {best['trial_id']}'s config for {epochs} epochs on {len(train_index)} train+val records; "
-          f"test: {len(test_index)} records", flush=True)
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
@@ -110,6 +92,62 @@ def run_refit(run_dir: Path, cpus: float = 1.0, gpus: float | None = None) -> di
     output = ray.get(pending)
     while not queue.empty():
         print(queue.get(), flush=True)
+    return output
+
+
+def lr_schedule_of(run_dir: Path, best: dict) -> list[float]:
+    """The learning rate the best trial used at each epoch up to its peak (constant if unknown)."""
+    epochs = int(best["epoch"])
+    history = trial_history(run_dir, best["trial_id"])
+    if history is not None and "lr" in history:
+        return [float(v) for v in history.sort_values("training_iteration")["lr"].tolist()[:epochs]]
+    return [float(best["config"].get("lr", 1e-3))] * epochs
+
+
+@dataclass
+class RefitSetup:
+    """What a refit of a finished search trains and tests."""
+
+    best: dict  # best_config.json
+    config: TrainConfig
+    dataset: Dataset
+    train_index: np.ndarray  # train + val
+    test_index: np.ndarray
+    lr_schedule: list[float]  # one rate per epoch, up to the best trial's peak
+
+
+def refit_setup(run_dir: Path) -> RefitSetup:
+    """The best config of the search in `run_dir`, its data and split, and the epochs to train."""
+    best_path = run_dir / "best_config.json"
+    if not best_path.is_file():
+        raise EcgTuneError(f"{run_dir}: no best_config.json (is this a finished search folder?)")
+    best = json.loads(best_path.read_text())
+    lr_schedule = lr_schedule_of(run_dir, best)
+    config = make_config({**best["config"], "epochs": len(lr_schedule)}, where=str(best_path))
+    dataset = prepare(best["data"], split_file=run_dir / "split.csv", seed=config.seed)
+    train_index, test_index = dataset.index("train", "val"), dataset.index("test")
+    # The SVM stage is fitted on all the refit's training records, not a subsample.
+    config = config.with_updates(svm_max_train=max(config.svm_max_train, len(train_index)))
+    return RefitSetup(best, config, dataset, train_index, test_index, lr_schedule)
+
+
+def run_refit(run_dir: Path, cpus: float = 1.0, gpus: float | None = None) -> dict:
+    """Refit the best config of the search in `run_dir`; write report, pictures and model/."""
+    from ecg_tune.bundle import save_bundle
+    from ecg_tune.models.svm import SVMStage
+    from ecg_tune.report import plot_confusion, plot_search_overview, plot_training_curves, test_metrics, write_report
+    from ecg_tune.training.network import build_network
+
+    run_dir = Path(run_dir).resolve()
+    setup = refit_setup(run_dir)
+    best, config, dataset, lr_schedule = setup.best, setup.config, setup.dataset, setup.lr_schedule
+    train_index, test_index = setup.train_index, setup.test_index
+    epochs = len(lr_schedule)
+    history = trial_history(run_dir, best["trial_id"])
+    print(f"refit: {best['trial_id']}'s config for {epochs} epochs on {len(train_index)} train+val records; "
+          f"test: {len(test_index)} records", flush=True)
+
+    output = train_and_predict(config, dataset, train_index, test_index, lr_schedule, cpus, gpus)
 
     classes = dataset.records.classes
     truth = dataset.tensors.labels[test_index]

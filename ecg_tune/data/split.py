@@ -20,6 +20,8 @@ from ecg_tune.data.sources import some_of
 from ecg_tune.errors import DataError
 
 PARTS = ("train", "val", "test")
+# A split file may leave records out of every part (e.g. a benchmark's --quick subset).
+UNUSED = "unused"
 
 
 def make_split(records: Records, val_fraction: float = 0.15, test_fraction: float = 0.15,
@@ -118,7 +120,7 @@ def load_split(path: str | Path, records: Records) -> np.ndarray:
     missing = [rid for rid in records.record_ids if rid not in assigned]
     if missing:
         raise DataError(f"{path}: {len(missing)} record(s) of {records.source} are not in the split file: {some_of(missing)}")
-    unknown = sorted({s for s in assigned.values() if s not in PARTS})
+    unknown = sorted({s for s in assigned.values() if s not in (*PARTS, UNUSED)})
     if unknown:
-        raise DataError(f"{path}: unknown split names {some_of(unknown)} (expected train, val, test)")
+        raise DataError(f"{path}: unknown split names {some_of(unknown)} (expected train, val, test or {UNUSED})")
     return np.array([assigned[rid] for rid in records.record_ids], dtype=object)

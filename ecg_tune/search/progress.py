@@ -12,6 +12,8 @@ import time
 
 from ray.tune import Callback
 
+from ecg_tune.search.trainable import sampled_values
+
 
 class SearchProgress(Callback):
     def __init__(self, metric: str, max_epochs: int, total: int) -> None:
@@ -32,7 +34,8 @@ class SearchProgress(Callback):
 
     def _row(self, trial) -> dict:
         return self.trials.setdefault(trial.trial_id, {"epoch": 0, "best": None, "last": None,
-                                                       "status": "running", "config": trial.config})
+                                                       "status": "running",
+                                                       "config": sampled_values(trial.config)})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = self._row(trial)

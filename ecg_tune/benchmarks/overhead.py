@@ -1,0 +1,203 @@
+"""`benchmark overhead` and `benchmark gpu`: what Ray Tune costs per trial, how memory grows with
+concurrent trials, and (where CUDA exists) throughput of several trials sharing one GPU.
+
+- per-trial cost: many tiny trials (the dataset bound with `tune.with_parameters` as in a real
+  search, one report each); a Tune callback records, per trial, the driver's wall time from the
+  trial's start to its first result, and the run gives trials per minute;
+- memory: the same short real search (fixed config, 2 epochs) with 1 and with 4 trials at once,
+  the proportional set size (PSS, so shared object-store pages count once) of the driver and
+  every Ray process sampled every 0.2 s; if each trial copied the dataset, 4 concurrent trials
+  would need about 3 more copies of it;
+- gpu: 1, 2, 4 and 8 concurrent trials at 1, 0.5, 0.25 and 0.125 GPU each, aggregate training
+  samples per second.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from ecg_tune.data import Dataset
+
+# One realistic trial: the seed's network on the wavelet input with every augmentation.
+MEMORY_CONFIG = {"model": "simple_cnn", "transform": "wavelet", "wavelet": "db2", "levels": 6,
+                 "augmentation": "all", "input_length": 9000}
+GPU_CONFIG = {"model": "resnet1d", "transform": "none", "augmentation": "all", "input_length": 9000,
+              "width": 16, "depth": 4}
+
+
+def _tiny_trial(config: dict, data) -> None:
+    from ray import tune
+
+    tune.report({"records": len(data.labels)})
+
+
+def trial_cost(dataset: Dataset, trials: int) -> dict:
+    """Start-to-first-report seconds per tiny trial and trials per minute, 1 CPU per trial."""
+    import ray
+    from ray import tune
+
+    starts: dict[str, float] = {}
+    first: dict[str, float] = {}
+
+    class Clock(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            starts[trial.trial_id] = time.perf_counter()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            first.setdefault(trial.trial_id, time.perf_counter())
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    with tempfile.TemporaryDirectory() as storage:
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(_tiny_trial, data=dataset.tensors), {"cpu": 1}),
+            param_space={"k": tune.grid_search(list(range(trials)))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=int(cpus)),
+            run_config=tune.RunConfig(storage_path=storage, name="overhead", callbacks=[Clock()], verbose=0),
+        )
+        started = time.perf_counter()
+        tuner.fit()
+        wall = time.perf_counter() - started
+    delays = np.array([first[k] - starts[k] for k in first if k in starts])
+    return {"trials": trials, "concurrent": int(cpus), "wall_s": wall, "trials_per_minute": trials / wall * 60,
+            "start_to_first_report_s": {"median": float(np.median(delays)), "p90": float(np.percentile(delays, 90)),
+                                        "max": float(delays.max()), "first_trial": float(delays[0])}}
+
+
+class PeakMemory:
+    """Peak summed PSS of this process and all its descendants (the Ray processes), sampled in a thread."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self._psutil, self.interval = psutil, interval
+        self.peak, self.samples = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def current(self) -> int:
+        me = self._psutil.Process()
+        total = 0
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                total += process.memory_full_info().pss
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def fixed_space(values: dict, trials: int, max_epochs: int, folder: Path):
+    """A space of constants (every trial trains the same config), written as a space file and read
+    back through the normal loader so that it is validated like any user's space."""
+    from ecg_tune.search.space import load_space
+
+    path = folder / "fixed.yaml"
+    settings = {"searcher": "optuna", "num_samples": trials, "max_epochs": max_epochs, "grace_period": max_epochs}
+    path.write_text(yaml.safe_dump({"description": "benchmark: one fixed config", "search": settings, **values}))
+    return load_space(str(path))
+
+
+def search_memory(dataset: Dataset, concurrent: int, max_epochs: int, log: Callable[[str], None]) -> dict:
+    """Peak PSS of a search running `concurrent` trials of MEMORY_CONFIG at once."""
+    import ray
+
+    from ecg_tune.search.tuner import SearchOptions, run_search
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    with tempfile.TemporaryDirectory() as folder:
+        space = fixed_space(MEMORY_CONFIG, concurrent, max_epochs, Path(folder))
+        options = SearchOptions(out=Path(folder) / "run", max_concurrent=concurrent,
+                                cpus_per_trial=min(1.0, cpus / concurrent), scheduler="fifo")
+        baseline = PeakMemory().current()
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            run_search(options, space, dataset)
+            wall = time.perf_counter() - started
+    log(f"{concurrent} trial(s) at once: peak {memory.peak / 2**20:.0f} MiB (before: {baseline / 2**20:.0f} MiB), "
+        f"{wall:.0f} s")
+    return {"concurrent": concurrent, "peak_pss_mib": memory.peak / 2**20, "before_pss_mib": baseline / 2**20,
+            "samples": memory.samples, "wall_s": wall}
+
+
+def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: int = 2,
+                           log: Callable[[str], None] = print) -> dict:
+    import ray
+
+    import importlib.util
+
+    if importlib.util.find_spec("psutil") is None:
+        from ecg_tune.errors import EcgTuneError
+
+        raise EcgTuneError("benchmark overhead needs psutil: pip install -e '.[benchmark]'")
+    # Four logical CPUs on any machine, so that "4 trials at once" is the same experiment everywhere.
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        cost = trial_cost(dataset, tiny_trials)
+        log(f"tiny trials: {cost['trials_per_minute']:.0f} trials/min with {cost['concurrent']} at once; "
+            f"start to first report median {cost['start_to_first_report_s']['median']:.2f} s "
+            f"(first trial {cost['start_to_first_report_s']['first_trial']:.2f} s)")
+        memory = [search_memory(dataset, n, max_epochs, log) for n in (1, 4)]
+    finally:
+        ray.shutdown()
+    data_mib = sum(a.nbytes for a in vars(dataset.tensors).values() if isinstance(a, np.ndarray)) / 2**20
+    extra = memory[1]["peak_pss_mib"] - memory[0]["peak_pss_mib"]
+    log(f"dataset arrays {data_mib:.0f} MiB; 4 trials at once used {extra:.0f} MiB more than 1 "
+        f"(3 more copies of the data would be {3 * data_mib:.0f} MiB)")
+    return {"trial_cost": cost, "memory": memory, "dataset_mib": data_mib,
+            "extra_mib_4_vs_1": extra, "memory_config": MEMORY_CONFIG, "max_epochs": max_epochs}
+
+
+def run_gpu_benchmark(dataset: Dataset, shares: tuple[int, ...] = (1, 2, 4, 8), max_epochs: int = 2,
+                      log: Callable[[str], None] = print) -> dict:
+    """Aggregate training samples/s with 1..8 trials sharing one GPU (call only where CUDA exists)."""
+    import os
+
+    import ray
+
+    from ecg_tune.refit import all_histories
+    from ecg_tune.search.tuner import SearchOptions, run_search
+
+    ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
+    cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+    rows = []
+    try:
+        for trials in shares:
+            with tempfile.TemporaryDirectory() as folder:
+                space = fixed_space(GPU_CONFIG, trials, max_epochs, Path(folder))
+                out = Path(folder) / "run"
+                options = SearchOptions(out=out, max_concurrent=trials, gpus_per_trial=1 / trials,
+                                        cpus_per_trial=max(0.1, min(1.0, cpus / trials)), scheduler="fifo")
+                started = time.perf_counter()
+                run_search(options, space, dataset)
+                wall = time.perf_counter() - started
+                histories = all_histories(out)
+            samples = len(dataset.index("train")) * sum(len(h) for h in histories.values())
+            per_trial = [float(h["train_samples_per_s"].mean()) for h in histories.values()]
+            rows.append({"trials": trials, "gpu_each": 1 / trials, "wall_s": wall,
+                         "aggregate_samples_per_s": samples / wall,
+                         "sum_of_trial_samples_per_s": float(np.sum(per_trial))})
+            log(f"{trials} trial(s) x {1 / trials:g} GPU: {rows[-1]['aggregate_samples_per_s']:.0f} samples/s "
+                f"overall (sum of trials' own rates {rows[-1]['sum_of_trial_samples_per_s']:.0f}/s)")
+    finally:
+        ray.shutdown()
+    return {"gpu_config": GPU_CONFIG, "max_epochs": max_epochs, "rows": rows}

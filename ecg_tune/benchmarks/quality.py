@@ -1,0 +1,198 @@
+"""`benchmark quality`: how good the searched model is, told against what else one could run.
+
+On the test records of one finished `full` search (its split.csv; the search is run first, within
+a stated budget, unless `--run` names one):
+- duration-only baselines: logistic regression on the recording length alone (plain and with
+  balanced class weights), fitted on train + val: what the length shortcut is worth;
+- MiniRocket (aeon) + ridge on records fitted to the best config's input length (zero-padded at
+  the end or centre-trimmed, as the seed did): its test score, its wall time, and the search's
+  best validation score at that same wall time (beside MiniRocket's own validation score);
+- zero-padding against random-crop training for the best config: the refit repeated with the
+  other `fit` (record-level windowed evaluation both ways);
+- the anchors table: the search's test report against the published figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+# Published CinC 2017 figures (see the project's notes): not measured here, quoted.
+ANCHORS = [
+    ("2017 challenge winners, hidden test set (published)", 0.83),
+    ("34-layer 1-D ResNet, random 10 % dev split (Hannun/Rajpurkar, published)", 0.866),
+]
+
+
+def _scores(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], seed: int) -> dict:
+    from ecg_tune.report import test_metrics
+
+    result = test_metrics(truth, probabilities, classes, seed=seed)
+    keep = ("accuracy", "macro_f1", "cinc_f1", "n_records", "ci95")
+    return {k: result[k] for k in keep if k in result}
+
+
+def duration_baselines(dataset, train_index: np.ndarray, test_index: np.ndarray, seed: int = 0) -> dict:
+    """Logistic regression on log(recording length), fitted on train_index, scored on test_index."""
+    from sklearn.linear_model import LogisticRegression
+
+    lengths = np.log(dataset.tensors.lengths.astype(float))[:, None]
+    labels = dataset.tensors.labels
+    classes = list(dataset.records.classes)
+    result = {}
+    for name, weights in (("plain", None), ("balanced", "balanced")):
+        model = LogisticRegression(class_weight=weights, max_iter=1000)
+        model.fit(lengths[train_index], labels[train_index])
+        probabilities = np.zeros((len(test_index), len(classes)))
+        probabilities[:, model.classes_] = model.predict_proba(lengths[test_index])
+        result[name] = _scores(labels[test_index], probabilities, classes, seed)
+    return result
+
+
+def fitted_matrix(dataset, index: np.ndarray, input_length: int) -> np.ndarray:
+    """Records at `index` zero-padded at the end or centre-trimmed to input_length, as (n, 1, L)."""
+    from ecg_tune.signal.augment import fit_to_length
+
+    signals, lengths, _ = dataset.tensors.torch_views()
+    rows = []
+    for begin in range(0, len(index), 512):
+        chunk = np.asarray(index[begin:begin + 512])
+        rows.append(fit_to_length(signals[chunk], lengths[chunk], input_length).numpy())
+    return np.concatenate(rows)[:, None, :].astype(np.float64)
+
+
+def minirocket(dataset, train_index: np.ndarray, val_index: np.ndarray, test_index: np.ndarray,
+               input_length: int, n_kernels: int = 10_000, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    """MiniRocket features + RidgeClassifierCV: validation score of a train fit (with its wall
+    time), and test score of a train + val fit."""
+    try:
+        from aeon.transformations.collection.convolution_based import MiniRocket
+    except ImportError:
+        from ecg_tune.errors import EcgTuneError
+
+        raise EcgTuneError("MiniRocket needs aeon: pip install -e '.[benchmark]'") from None
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ecg_tune.training.evaluate import softmax
+    from ecg_tune.training.metrics import classification_metrics
+
+    labels = dataset.tensors.labels
+    classes = list(dataset.records.classes)
+    jobs = os.cpu_count() or 1
+
+    def ridge():
+        return make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=np.logspace(-3, 3, 10)))
+
+    started = time.perf_counter()
+    transform = MiniRocket(n_kernels=n_kernels, n_jobs=jobs, random_state=seed)
+    train_x = transform.fit_transform(fitted_matrix(dataset, train_index, input_length))
+    classifier = ridge().fit(train_x, labels[train_index])
+    train_seconds = time.perf_counter() - started
+    val_x = transform.transform(fitted_matrix(dataset, val_index, input_length))
+    val_pred = classifier.predict(val_x)
+    validation = classification_metrics(labels[val_index], val_pred, classes)
+    log(f"MiniRocket: fitted on {len(train_index)} train records in {train_seconds:.0f} s; validation "
+        + ", ".join(f"{k} {v:.3f}" for k, v in validation.items() if isinstance(v, float)))
+    # The test model: the kernels' biases stay fitted on train; the ridge sees train + val features.
+    both = np.concatenate([train_index, val_index])
+    classifier = ridge().fit(np.concatenate([train_x, val_x]), labels[both])
+    test_x = transform.transform(fitted_matrix(dataset, test_index, input_length))
+    test = _scores(labels[test_index], softmax(classifier.decision_function(test_x)), classes, seed)
+    return {"n_kernels": n_kernels, "input_length": input_length, "jobs": jobs,
+            "train_wall_s": train_seconds, "total_wall_s": time.perf_counter() - started,
+            "validation": {k: v for k, v in validation.items() if isinstance(v, float)}, "test": test}
+
+
+def search_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """The search's best-so-far curve, timed from its first trial's start (Ray's own start-up,
+    some seconds, is not counted), and its number of trials."""
+    from ecg_tune.benchmarks.common import best_so_far
+    from ecg_tune.refit import all_histories
+
+    histories = all_histories(run_dir)
+    start = min(float(h["timestamp"].iloc[0] - h["time_total_s"].iloc[0]) for h in histories.values())
+    return (*best_so_far(histories, metric, start), len(histories))
+
+
+def pad_versus_crop(run_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """Test scores of the best config trained with fit=pad and fit=crop (the refit's own report is
+    reused for the fit the search chose; the other is refitted the same way)."""
+    from ecg_tune.refit import refit_setup, train_and_predict
+
+    setup = refit_setup(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    chosen = setup.config.fit
+    classes = list(setup.dataset.records.classes)
+    truth = setup.dataset.tensors.labels[setup.test_index]
+    result = {chosen: {k: report["test"][k] for k in ("accuracy", "macro_f1", "cinc_f1", "n_records", "ci95")
+                       if k in report["test"]}}
+    other = "crop" if chosen == "pad" else "pad"
+    log(f"pad vs crop: the search chose fit={chosen}; refitting with fit={other}")
+    output = train_and_predict(setup.config.with_updates(fit=other), setup.dataset, setup.train_index,
+                               setup.test_index, setup.lr_schedule)
+    result[other] = _scores(truth, output["probabilities"], classes, setup.config.seed)
+    return {"chosen_by_search": chosen, "epochs": len(setup.lr_schedule), **result}
+
+
+def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, log: Callable[[str], None] = print) -> dict:
+    """Every figure of the module docstring for the finished (and refitted) search in run_dir."""
+    from ecg_tune.benchmarks.common import value_at
+    from ecg_tune.refit import refit_setup
+
+    setup = refit_setup(run_dir)
+    dataset, best = setup.dataset, setup.best
+    report = json.loads((run_dir / "report.json").read_text())
+    train, val, test = dataset.index("train"), dataset.index("val"), dataset.index("test")
+    input_length = setup.config.input_length or int(np.median(dataset.tensors.lengths[train]))
+
+    duration = duration_baselines(dataset, np.concatenate([train, val]), test, seed=setup.config.seed)
+    for name, scores in duration.items():
+        log(f"duration-only ({name}): test " + ", ".join(f"{k} {scores[k]:.3f}" for k in ("accuracy", "macro_f1", "cinc_f1") if k in scores))
+    rocket = minirocket(dataset, train, val, test, input_length, n_kernels=n_kernels, seed=setup.config.seed, log=log)
+    metric = best.get("metric", "val_macro_f1")
+    times, curve, trials = search_curve(run_dir, metric)
+    rocket["search_best_val_at_same_wall_time"] = value_at(times, curve, rocket["train_wall_s"])
+    rocket["search_seconds_to_beat_minirocket_val"] = next(
+        (float(t) for t, v in zip(times, curve) if v > rocket["validation"].get(metric.removeprefix("val_"), np.inf)),
+        None)
+    padcrop = pad_versus_crop(run_dir, log=log)
+    return {
+        "run": str(run_dir), "data": best["data"], "metric": metric,
+        "search": {"best_config": best["config"], "best_epoch": best["epoch"], "val": best["metrics"].get(metric),
+                   "trials": trials, "last_improvement_s": float(times[-1]) if len(times) else None,
+                   "test": {k: report["test"][k] for k in ("accuracy", "macro_f1", "cinc_f1", "n_records", "ci95")
+                            if k in report["test"]}},
+        "duration_baseline": duration, "minirocket": rocket, "pad_vs_crop": padcrop,
+        "anchors": [{"what": what, "cinc_f1": value} for what, value in ANCHORS],
+    }
+
+
+def table(result: dict, seed_grid: float | None = None) -> str:
+    """The anchors table (CinC F1 where the data has the CinC classes, else macro F1)."""
+    key = "cinc_f1" if "cinc_f1" in result["search"]["test"] else "macro_f1"
+
+    def cell(scores: dict) -> str:
+        low, high = scores["ci95"][key]
+        return f"{scores[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+    rows = [("this project: `full` search + refit, test records", cell(result["search"]["test"]))]
+    for fit in ("pad", "crop"):
+        chosen = " (the search's choice)" if result["pad_vs_crop"]["chosen_by_search"] == fit else ""
+        rows.append((f"best config trained with fit={fit}{chosen}, test", cell(result["pad_vs_crop"][fit])))
+    rows.append((f"MiniRocket ({result['minirocket']['n_kernels']} kernels) + ridge, test",
+                 cell(result["minirocket"]["test"])))
+    for name, scores in result["duration_baseline"].items():
+        rows.append((f"duration only, logistic regression ({name}), test", cell(scores)))
+    if seed_grid is not None:
+        rows.append(("seed notebook's grid (1 epoch per config) in the `search` benchmark, validation",
+                     f"{seed_grid:.3f}"))
+    if key == "cinc_f1":
+        rows += [(what, f"{value:.3f}") for what, value in ANCHORS]
+    return "\n".join([f"| model | {key} [95 % interval] |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])

@@ -1,0 +1,157 @@
+"""`benchmark search`: search strategies at the same wall-clock budget on the same data and split.
+
+Strategies (each a real `run_search` on the shipped spaces, so the numbers are the product's):
+- seed_grid: the notebook's 72-config 1-epoch grid (`seed_grid` space, FIFO);
+- random_fifo: random search over `full`, every trial trained to max_epochs;
+- random_asha: random search over `full` with ASHA early stopping;
+- optuna_asha: Optuna TPE over `full` with ASHA (the default of `scripts/search.py`).
+Runs are interleaved (seed 0 of every strategy, then seed 1, ...) so that a change in the shared
+machine's load falls on all strategies alike. The figure of merit is the best validation score
+any trial had reported by each moment of the run.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ecg_tune.benchmarks.common import best_so_far, value_at
+from ecg_tune.data import Dataset
+
+STRATEGIES: dict[str, dict] = {
+    "seed_grid": {"space": "seed_grid", "searcher": "optuna", "scheduler": "fifo",
+                  "label": "seed grid (72 configs, 1 epoch, FIFO)"},
+    "random_fifo": {"space": "full", "searcher": "random", "scheduler": "fifo", "label": "random + FIFO (full)"},
+    "random_asha": {"space": "full", "searcher": "random", "scheduler": "asha", "label": "random + ASHA (full)"},
+    "optuna_asha": {"space": "full", "searcher": "optuna", "scheduler": "asha", "label": "Optuna TPE + ASHA (full)"},
+}
+CHECKPOINTS = 10  # points of the summary table across the budget
+
+
+def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0, seeds: int = 3,
+                         strategies: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
+    import ray
+
+    from ecg_tune.data.split import save_split
+    from ecg_tune.refit import all_histories
+    from ecg_tune.search.export import write_results
+    from ecg_tune.search.space import adapt, load_space
+    from ecg_tune.search.tuner import SearchOptions, data_facts, run_search, start_ray
+
+    strategies = strategies or list(STRATEGIES)
+    facts = data_facts(dataset)
+    runs: list[dict] = []
+    start_ray(SearchOptions(out=runs_dir))  # one local cluster for every run
+    for seed in range(seeds):
+        for name in strategies:
+            strategy = STRATEGIES[name]
+            out = runs_dir / f"{name}-seed{seed}"
+            save_split(dataset.records, dataset.split, out / "split.csv")  # so the run can be refitted
+            options = SearchOptions(out=out, searcher=strategy["searcher"], scheduler=strategy["scheduler"],
+                                    time_budget=budget, seed=seed)
+            space = adapt(load_space(strategy["space"]), facts)
+            log(f"--- {strategy['label']}, seed {seed}, budget {budget:g} s")
+            started = time.time()
+            results, plan = run_search(options, space, dataset)
+            wall = time.time() - started
+            write_results(results, out, plan.metric, plan.max_epochs, seed, dataset.records.source)
+            histories = all_histories(out)
+            times, best = best_so_far(histories, plan.metric, started)
+            runs.append({"strategy": name, "seed": seed, "wall_s": wall, "metric": plan.metric,
+                         "trials": len(histories), "epochs": int(sum(len(h) for h in histories.values())),
+                         "curve_s": times.tolist(), "curve_best": best.tolist(),
+                         "final_best": value_at(times, best, budget), "folder": str(out)})
+            log(f"{name} seed {seed}: best {runs[-1]['final_best']:.4f} after {wall:.0f} s, "
+                f"{runs[-1]['trials']} trials, {runs[-1]['epochs']} epochs")
+    ray.shutdown()
+    return {"budget_s": budget, "seeds": seeds, "strategies": {n: STRATEGIES[n]["label"] for n in strategies},
+            "runs": runs, "summary": summarise(runs, budget)}
+
+
+def summarise(runs: list[dict], budget: float) -> dict:
+    """Per strategy: best-so-far at CHECKPOINTS moments (mean, min, max over seeds), trials, epochs,
+    and the time each seed took to reach the seed grid's mean final score."""
+    at = [budget * (k + 1) / CHECKPOINTS for k in range(CHECKPOINTS)]
+    by_strategy: dict[str, list[dict]] = {}
+    for run in runs:
+        by_strategy.setdefault(run["strategy"], []).append(run)
+    grid_final = [r["final_best"] for r in by_strategy.get("seed_grid", [])]
+    target = float(np.nanmean(grid_final)) if grid_final else None
+    summary = {}
+    for name, group in by_strategy.items():
+        values = np.array([[value_at(np.array(r["curve_s"]), np.array(r["curve_best"]), t) for t in at]
+                           for r in group])
+        reach = [_time_to(r, target) for r in group] if target is not None else []
+        with warnings.catch_warnings():  # columns before any seed's first report are all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            summary[name] = _spread(values, at, group, reach)
+    return summary
+
+
+def _spread(values: np.ndarray, at: list[float], group: list[dict], reach: list) -> dict:
+    return {
+        "at_s": at,
+        "mean": np.nanmean(values, axis=0).tolist(),
+        "min": np.nanmin(values, axis=0).tolist(),
+        "max": np.nanmax(values, axis=0).tolist(),
+        "final_mean": float(np.nanmean(values[:, -1])),
+        "final_std": float(np.nanstd(values[:, -1])),
+        "trials_mean": float(np.mean([r["trials"] for r in group])),
+        "epochs_mean": float(np.mean([r["epochs"] for r in group])),
+        "seconds_to_seed_grid_final": reach,
+    }
+
+
+def _time_to(run: dict, target: float) -> float | None:
+    for t, value in zip(run["curve_s"], run["curve_best"]):
+        if value >= target:
+            return float(t)
+    return None
+
+
+def table(result: dict) -> str:
+    summary = result["summary"]
+    at = next(iter(summary.values()))["at_s"]
+    shown = [k for k in (1, 3, 5, 7, 9) if k < len(at)]
+    head = "| strategy | " + " | ".join(f"best at {at[k]:.0f} s" for k in shown) + \
+           " | trials | epochs | s to reach the grid's final |\n|---|" + "---|" * (len(shown) + 3)
+    rows = []
+    for name, s in summary.items():
+        cells = [f"{s['mean'][k]:.3f} ({s['min'][k]:.3f}-{s['max'][k]:.3f})" for k in shown]
+        reach = ", ".join("never" if t is None else f"{t:.0f}" for t in s["seconds_to_seed_grid_final"])
+        rows.append(f"| {result['strategies'][name]} | " + " | ".join(cells) +
+                    f" | {s['trials_mean']:.1f} | {s['epochs_mean']:.0f} | {reach} |")
+    return "\n".join([head, *rows])
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budget = result["budget_s"]
+    grid = np.linspace(0, budget, 200)
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for name, label in result["strategies"].items():
+        curves = np.array([[value_at(np.array(r["curve_s"]), np.array(r["curve_best"]), t) for t in grid]
+                           for r in result["runs"] if r["strategy"] == name])
+        if not len(curves):
+            continue
+        with warnings.catch_warnings():  # before the first report every seed is NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, low, high = np.nanmean(curves, axis=0), np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+        line, = axes.step(grid, mean, where="post", label=f"{label} (mean of {len(curves)})")
+        axes.fill_between(grid, low, high, step="post", color=line.get_color(), alpha=0.15)
+    metric = result["runs"][0]["metric"] if result["runs"] else "score"
+    axes.set(xlabel="wall-clock seconds since the search started", ylabel=f"best {metric} so far",
+             title="Search strategies at equal wall time (band: min-max over seeds)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

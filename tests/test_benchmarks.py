@@ -1,0 +1,140 @@
+"""Benchmark helpers: best-so-far curves, the strategy summary, the --quick subset, the quality
+baselines; the Ray-backed subcommands end to end are marked slow (run them by hand)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecg_tune.benchmarks.common import best_so_far, thin, value_at
+from ecg_tune.benchmarks.search import summarise, table
+from ecg_tune.cli import main
+from ecg_tune.data import prepare
+from ecg_tune.data.split import load_split, save_split
+
+
+@pytest.fixture(scope="module")
+def small():
+    return prepare("synthetic:300", seed=0)
+
+
+def test_best_so_far_keeps_only_improvements_in_time_order() -> None:
+    histories = {
+        "a": pd.DataFrame({"timestamp": [105, 110, 130], "score": [0.3, 0.2, 0.6]}),
+        "b": pd.DataFrame({"timestamp": [108, 120], "score": [0.4, np.nan]}),
+        "c": pd.DataFrame({"timestamp": [109]}),  # errored before reporting the metric
+    }
+    times, best = best_so_far(histories, "score", started=100.0)
+    assert times.tolist() == [5, 8, 30]
+    assert best.tolist() == [0.3, 0.4, 0.6]
+    assert np.isnan(value_at(times, best, 4.0))
+    assert value_at(times, best, 8.0) == 0.4
+    assert value_at(times, best, 29.9) == 0.4
+    assert value_at(times, best, 1e9) == 0.6
+
+
+def _run(strategy: str, seed: int, curve: list[tuple[float, float]]) -> dict:
+    return {"strategy": strategy, "seed": seed, "metric": "val_cinc_f1", "trials": 3, "epochs": 7,
+            "curve_s": [t for t, _ in curve], "curve_best": [v for _, v in curve],
+            "final_best": curve[-1][1] if curve else float("nan")}
+
+
+def test_summary_reports_spread_over_seeds_and_time_to_reach_the_grid() -> None:
+    runs = [_run("seed_grid", 0, [(50, 0.25)]), _run("seed_grid", 1, [(60, 0.27)]),
+            _run("optuna_asha", 0, [(20, 0.2), (40, 0.3)]), _run("optuna_asha", 1, [(90, 0.5)])]
+    summary = summarise(runs, budget=100.0)
+    grid, optuna = summary["seed_grid"], summary["optuna_asha"]
+    assert grid["at_s"][-1] == 100.0 and len(grid["at_s"]) == 10
+    assert grid["final_mean"] == pytest.approx(0.26)
+    assert optuna["final_mean"] == pytest.approx(0.4)
+    assert optuna["min"][-1] == 0.3 and optuna["max"][-1] == 0.5
+    # At 50 s seed 1 of optuna had nothing yet: the mean is over the seeds that had reported.
+    assert optuna["mean"][4] == pytest.approx(0.3)
+    assert optuna["seconds_to_seed_grid_final"] == [40.0, 90.0]
+    text = table({"summary": summary, "strategies": {"seed_grid": "grid", "optuna_asha": "TPE"}})
+    assert "| TPE |" in text and "| grid |" in text and "40, 90" in text
+
+
+def test_thin_keeps_every_part_and_class_and_round_trips_through_split_csv(small, tmp_path: Path) -> None:
+    thinned = thin(small, 100, seed=1)
+    used = thinned.index("train", "val", "test")
+    assert 80 <= len(used) <= 120
+    for part in ("train", "val", "test"):
+        assert set(thinned.index(part)) <= set(small.index(part))
+    assert set(thinned.tensors.labels[thinned.index("train")]) == set(small.tensors.labels)
+    path = save_split(thinned.records, thinned.split, tmp_path / "split.csv")
+    assert (load_split(path, thinned.records) == thinned.split).all()
+    assert thin(small, 10**6) is small
+
+
+def test_duration_baseline_scores_the_test_records(small) -> None:
+    from ecg_tune.benchmarks.quality import duration_baselines
+
+    result = duration_baselines(small, small.index("train", "val"), small.index("test"))
+    for scores in result.values():
+        assert scores["n_records"] == len(small.index("test"))
+        assert 0.0 <= scores["cinc_f1"] <= 1.0
+        low, high = scores["ci95"]["cinc_f1"]
+        assert low <= scores["cinc_f1"] <= high
+
+
+def test_fitted_matrix_pads_short_records_and_centres_long_ones(small) -> None:
+    from ecg_tune.benchmarks.quality import fitted_matrix
+
+    lengths = small.tensors.lengths
+    short, long = int(np.argmin(lengths)), int(np.argmax(lengths))
+    length = int((lengths[short] + lengths[long]) // 2)
+    x = fitted_matrix(small, np.array([short, long]), length)
+    assert x.shape == (2, 1, length)
+    signals = small.tensors.signals
+    assert np.allclose(x[0, 0, : lengths[short]], signals[short, : lengths[short]])
+    assert not x[0, 0, lengths[short]:].any()
+    begin = (lengths[long] - length) // 2
+    assert np.allclose(x[1, 0], signals[long, begin:begin + length])
+
+
+def test_minirocket_baseline_runs_on_the_split(small) -> None:
+    pytest.importorskip("aeon", reason="MiniRocket is in the optional benchmark extra (pip install -e '.[benchmark]')")
+    from ecg_tune.benchmarks.quality import minirocket
+
+    train, val, test = small.index("train")[:80], small.index("val")[:30], small.index("test")
+    result = minirocket(small, train, val, test, input_length=1500, n_kernels=168, log=lambda _: None)
+    assert result["test"]["n_records"] == len(test)
+    assert 0.0 <= result["validation"]["accuracy"] <= 1.0
+    assert result["train_wall_s"] <= result["total_wall_s"]
+
+
+def test_gpu_benchmark_skips_without_cuda(capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the gpu benchmark would run")
+    assert main(["benchmark", "gpu"]) == 0
+    assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_search_benchmark_quick_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", "search", "--quick", "--data", "synthetic:300",
+                 "--strategies", "seed_grid", "optuna_asha", "--out", "results"]) == 0
+    (result_file,) = Path("results").glob("search-*.json")
+    result = json.loads(result_file.read_text())
+    assert {r["strategy"] for r in result["runs"]} == {"seed_grid", "optuna_asha"}
+    assert all(r["trials"] >= 1 for r in result["runs"])
+    assert list(Path("results").glob("search-*.png"))
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_quick_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("psutil", reason="the overhead benchmark needs the benchmark extra")
+    assert main(["benchmark", "overhead", "--quick", "--data", "synthetic:300", "--out", str(tmp_path)]) == 0
+    (result_file,) = tmp_path.glob("overhead-*.json")
+    result = json.loads(result_file.read_text())
+    assert result["trial_cost"]["trials"] == 8
+    assert [m["concurrent"] for m in result["memory"]] == [1, 4]
+    assert all(m["peak_pss_mib"] > 0 for m in result["memory"])
