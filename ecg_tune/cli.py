@@ -211,10 +211,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     out, stamp = Path(args.out), time.strftime("%Y%m%d-%H%M%S")
     table = None
     if args.benchmark == "pipeline":
-        from ecg_tune.benchmarks.pipeline import run_pipeline_benchmark
+        from ecg_tune.benchmarks import pipeline
 
         records, rounds = (256, 1) if args.quick else (args.records, args.rounds)
-        result = run_pipeline_benchmark(prepare(source, label_column=args.label_column), records=records, rounds=rounds)
+        result = pipeline.run_pipeline_benchmark(prepare(source, label_column=args.label_column), records=records,
+                                                 rounds=rounds)
+        pipeline.plot(result, results_path(out, "pipeline", stamp, ".png"))
     elif args.benchmark == "search":
         from ecg_tune.benchmarks import search
 
@@ -238,7 +240,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
         run_dir = Path(args.run).resolve() if args.run else _quality_search(
             args, dataset(), source, (Path("runs") / f"benchmark-quality-{stamp}").resolve())
-        result = quality.run_quality_benchmark(run_dir, n_kernels=1000 if args.quick else args.kernels)
+        result = quality.run_quality_benchmark(run_dir, n_kernels=1000 if args.quick else args.kernels,
+                                               cpus=_all_cpus())
         result["seed_grid_val"] = _seed_grid_figure(out)
         table = quality.table(result, result["seed_grid_val"])
     result = {"machine": machine_info(), "source": source, "quick": args.quick, **result}
@@ -263,8 +266,14 @@ def _quality_search(args: argparse.Namespace, dataset, source: str, run_dir: Pat
     save_split(dataset.records, dataset.split, run_dir / "split.csv")
     results, plan = run_search(options, adapt(load_space("full"), data_facts(dataset)), dataset)
     write_results(results, run_dir, plan.metric, plan.max_epochs, options.seed, source)
-    run_refit(run_dir)
+    run_refit(run_dir, cpus=_all_cpus())  # the refit runs alone: all cores
     return run_dir
+
+
+def _all_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else float(os.cpu_count() or 1)
 
 
 def _seed_grid_figure(folder: Path) -> float | None:
@@ -383,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     quality = kinds.add_parser("quality", help="a full search's test score against duration-only, MiniRocket, "
                                                "pad vs crop and the published anchors")
     quality.add_argument("--run", help="a finished, refitted search folder to measure (default: run a full search)")
-    quality.add_argument("--search-budget", type=float, default=2400.0, metavar="SECONDS",
-                         help="wall-clock budget of that search (default 2400 = 40 min)")
+    quality.add_argument("--search-budget", type=float, default=1800.0, metavar="SECONDS",
+                         help="wall-clock budget of that search (default 1800 = 30 min)")
     quality.add_argument("--search-trials", type=int, default=200, help="trial limit of that search")
     quality.add_argument("--kernels", type=int, default=10_000, help="MiniRocket kernels")
     for kind in (pipeline, strategies, overhead, gpu, quality):

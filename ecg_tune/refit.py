@@ -39,8 +39,11 @@ def all_histories(run_dir: Path) -> dict[str, pd.DataFrame]:
     return histories
 
 
-def _refit_task(config_values: dict, tensors, train_index, test_index, lr_schedule, queue) -> dict:
-    """Train, then predict the test records; runs where Ray places it."""
+def _refit_task(config_values: dict, tensors, train_index, test_index, lr_schedule, queue, threads: int) -> dict:
+    """Train, then predict the test records; runs where Ray places it, on `threads` CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)  # a pooled worker keeps the thread count of its last task
     from ecg_tune.training.device import pick_device
     from ecg_tune.training.evaluate import record_probabilities
     from ecg_tune.training.loop import fit
@@ -82,7 +85,8 @@ def train_and_predict(config: TrainConfig, dataset: Dataset, train_index: np.nda
         gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     queue = Queue()
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_refit_task)
-    pending = task.remote(config.to_dict(), dataset.tensors, train_index, test_index, lr_schedule, queue)
+    pending = task.remote(config.to_dict(), dataset.tensors, train_index, test_index, lr_schedule, queue,
+                          max(1, int(cpus)))
     while True:
         done, _ = ray.wait([pending], timeout=0.5)
         while not queue.empty():

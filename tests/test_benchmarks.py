@@ -138,3 +138,15 @@ def test_overhead_benchmark_quick_end_to_end(tmp_path: Path) -> None:
     assert result["trial_cost"]["trials"] == 8
     assert [m["concurrent"] for m in result["memory"]] == [1, 4]
     assert all(m["peak_pss_mib"] > 0 for m in result["memory"])
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_code_path_on_logical_gpus(small) -> None:
+    """This machine has no CUDA: with Ray's logical GPU the trials share it and train on the CPU,
+    which exercises the scheduling and the figures of `benchmark gpu` without a real GPU."""
+    from ecg_tune.benchmarks.overhead import run_gpu_benchmark
+
+    result = run_gpu_benchmark(thin(small, 120), shares=(1, 2), max_epochs=1, log=lambda _: None)
+    assert [row["trials"] for row in result["rows"]] == [1, 2]
+    assert [row["gpu_each"] for row in result["rows"]] == [1.0, 0.5]
+    assert all(row["aggregate_samples_per_s"] > 0 for row in result["rows"])

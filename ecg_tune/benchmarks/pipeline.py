@@ -180,3 +180,32 @@ def _breakdown(config: TrainConfig, input_length: int, n_classes: int, signals: 
         for key in best:
             best[key] = min(best[key], spent[key] / len(train) * 1e6)
     return best
+
+
+def plot(result: dict, path) -> None:
+    """Two panels: the data path per transform (seed vs batched), and training against the limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = list(result["data_path"])
+    x = np.arange(len(labels))
+    seed = [result["data_path"][k]["seed_samples_per_s"] for k in labels]
+    batched = [result["data_path"][k]["batched_samples_per_s"] for k in labels]
+    left.bar(x - 0.2, seed, 0.4, label="seed, per sample")
+    left.bar(x + 0.2, batched, 0.4, label="batched (this project)")
+    left.set(xticks=x, xticklabels=labels, ylabel="samples/s", title="Data path, augmentation 'all'")
+    left.legend(fontsize=8)
+    training = result["training"]
+    names = ["limit\n(precomputed)", "this project's\nepoch", "seed\npipeline"]
+    rates = [training["limit_samples_per_s"], training["batched_samples_per_s"], training["seed_samples_per_s"]]
+    bars = right.bar(names, rates, color=["0.6", "C1", "C0"])
+    for bar, rate in zip(bars, rates):
+        right.annotate(f"{rate / rates[0]:.0%}", (bar.get_x() + bar.get_width() / 2, rate),
+                       ha="center", va="bottom", fontsize=9)
+    right.set(ylabel="training samples/s", title="Training throughput against the limit")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

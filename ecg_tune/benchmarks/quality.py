@@ -121,12 +121,11 @@ def search_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, in
     return (*best_so_far(histories, metric, start), len(histories))
 
 
-def pad_versus_crop(run_dir: Path, log: Callable[[str], None] = print) -> dict:
+def pad_versus_crop(run_dir: Path, setup, cpus: float = 1.0, log: Callable[[str], None] = print) -> dict:
     """Test scores of the best config trained with fit=pad and fit=crop (the refit's own report is
     reused for the fit the search chose; the other is refitted the same way)."""
-    from ecg_tune.refit import refit_setup, train_and_predict
+    from ecg_tune.refit import train_and_predict
 
-    setup = refit_setup(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     chosen = setup.config.fit
     classes = list(setup.dataset.records.classes)
@@ -136,12 +135,13 @@ def pad_versus_crop(run_dir: Path, log: Callable[[str], None] = print) -> dict:
     other = "crop" if chosen == "pad" else "pad"
     log(f"pad vs crop: the search chose fit={chosen}; refitting with fit={other}")
     output = train_and_predict(setup.config.with_updates(fit=other), setup.dataset, setup.train_index,
-                               setup.test_index, setup.lr_schedule)
+                               setup.test_index, setup.lr_schedule, cpus=cpus)
     result[other] = _scores(truth, output["probabilities"], classes, setup.config.seed)
     return {"chosen_by_search": chosen, "epochs": len(setup.lr_schedule), **result}
 
 
-def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, log: Callable[[str], None] = print) -> dict:
+def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, cpus: float = 1.0,
+                          log: Callable[[str], None] = print) -> dict:
     """Every figure of the module docstring for the finished (and refitted) search in run_dir."""
     from ecg_tune.benchmarks.common import value_at
     from ecg_tune.refit import refit_setup
@@ -162,7 +162,7 @@ def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, log: Callable[
     rocket["search_seconds_to_beat_minirocket_val"] = next(
         (float(t) for t, v in zip(times, curve) if v > rocket["validation"].get(metric.removeprefix("val_"), np.inf)),
         None)
-    padcrop = pad_versus_crop(run_dir, log=log)
+    padcrop = pad_versus_crop(run_dir, setup, cpus=cpus, log=log)
     return {
         "run": str(run_dir), "data": best["data"], "metric": metric,
         "search": {"best_config": best["config"], "best_epoch": best["epoch"], "val": best["metrics"].get(metric),
