@@ -217,6 +217,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         result = pipeline.run_pipeline_benchmark(prepare(source, label_column=args.label_column), records=records,
                                                  rounds=rounds)
         pipeline.plot(result, results_path(out, "pipeline", stamp, ".png"))
+        table = pipeline.table(result)
     elif args.benchmark == "search":
         from ecg_tune.benchmarks import search
 
@@ -227,14 +228,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         search.plot(result, results_path(out, "search", stamp, ".png"))
         table = search.table(result)
     elif args.benchmark == "overhead":
-        from ecg_tune.benchmarks.overhead import run_overhead_benchmark
+        from ecg_tune.benchmarks.overhead import overhead_table, run_overhead_benchmark
 
         result = run_overhead_benchmark(dataset(), tiny_trials=8 if args.quick else args.tiny_trials,
                                         max_epochs=1 if args.quick else 2)
+        table = overhead_table(result)
     elif args.benchmark == "gpu":
-        from ecg_tune.benchmarks.overhead import run_gpu_benchmark
+        from ecg_tune.benchmarks.overhead import gpu_table, run_gpu_benchmark
 
         result = run_gpu_benchmark(dataset(), max_epochs=1 if args.quick else 2)
+        table = gpu_table(result)
     else:
         from ecg_tune.benchmarks import quality
 

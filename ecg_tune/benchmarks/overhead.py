@@ -201,3 +201,26 @@ def run_gpu_benchmark(dataset: Dataset, shares: tuple[int, ...] = (1, 2, 4, 8), 
     finally:
         ray.shutdown()
     return {"gpu_config": GPU_CONFIG, "max_epochs": max_epochs, "rows": rows}
+
+
+def overhead_table(result: dict) -> str:
+    cost = result["trial_cost"]
+    delay = cost["start_to_first_report_s"]
+    lines = ["| measure | value |", "|---|---:|",
+             f"| tiny trials per minute ({cost['concurrent']} at once, {cost['trials']} trials) | "
+             f"{cost['trials_per_minute']:.0f} |",
+             f"| trial start to first report, median / p90 / max | {delay['median']:.2f} / {delay['p90']:.2f} / "
+             f"{delay['max']:.2f} s |",
+             f"| dataset arrays (held once in the object store) | {result['dataset_mib']:.0f} MiB |"]
+    for row in result["memory"]:
+        lines.append(f"| peak memory (PSS, driver + Ray), {row['concurrent']} trial(s) at once | "
+                     f"{row['peak_pss_mib']:.0f} MiB |")
+    lines.append(f"| extra for 4 trials over 1 (3 data copies would be {3 * result['dataset_mib']:.0f} MiB) | "
+                 f"{result['extra_mib_4_vs_1']:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def gpu_table(result: dict) -> str:
+    lines = ["| trials on one GPU | GPU each | aggregate samples/s |", "|---:|---:|---:|"]
+    lines += [f"| {r['trials']} | {r['gpu_each']:g} | {r['aggregate_samples_per_s']:.0f} |" for r in result["rows"]]
+    return "\n".join(lines)

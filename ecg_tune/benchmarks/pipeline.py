@@ -209,3 +209,17 @@ def plot(result: dict, path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def table(result: dict) -> str:
+    lines = ["| data path (augmentation all) | seed samples/s | batched samples/s | speed-up |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {r['seed_samples_per_s']:.0f} | {r['batched_samples_per_s']:.0f} | {r['speedup']:.1f}x |"
+              for name, r in result["data_path"].items()]
+    t = result["training"]
+    lines += ["", "| training | samples/s | of the limit |", "|---|---:|---:|",
+              f"| limit (precomputed input) | {t['limit_samples_per_s']:.0f} | 100 % |",
+              f"| this project's epoch | {t['batched_samples_per_s']:.0f} | {t['batched_fraction_of_limit']:.0%} |",
+              f"| seed pipeline | {t['seed_samples_per_s']:.0f} | {t['seed_fraction_of_limit']:.0%} |",
+              "", "| step part | us/sample |", "|---|---:|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in result["breakdown_us_per_sample"].items()]
+    return "\n".join(lines)
