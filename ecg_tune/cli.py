@@ -223,6 +223,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
         budget, seeds = (40.0, 1) if args.quick else (args.budget, args.seeds)
         data = dataset()
+        if not args.quick and args.records:
+            data = thin(data, args.records)
+            print(f"in play: {len(data.index('train', 'val', 'test'))} records (--records {args.records}), "
+                  f"train {len(data.index('train'))}, val {len(data.index('val'))}", flush=True)
         runs_dir = (Path("runs") / f"benchmark-search-{stamp}").resolve()
         result = search.run_search_benchmark(data, runs_dir, budget=budget, seeds=seeds, strategies=args.strategies)
         search.plot(result, results_path(out, "search", stamp, ".png"))
@@ -387,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="wall-clock budget of each search run (default 300: 4 strategies x 3 seeds "
                                  "take about an hour on 2 cores)")
     strategies.add_argument("--seeds", type=int, default=3, help="runs per strategy")
+    strategies.add_argument("--records", type=int, default=2500,
+                            help="a stratified subset of this many records, the same for every run "
+                                 "(default 2500, so that a 5-minute run tries more than a couple of "
+                                 "configs on 2 cores; 0: all)")
     strategies.add_argument("--strategies", nargs="+", choices=["seed_grid", "random_fifo", "random_asha",
                                                                 "optuna_asha"], help="a subset (default: all)")
     overhead = kinds.add_parser("overhead", help="Ray's cost per trial, trials/min, peak memory of 1 vs 4 trials")

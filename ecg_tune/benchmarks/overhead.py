@@ -26,10 +26,11 @@ import yaml
 from ecg_tune.data import Dataset
 
 # One realistic trial: the seed's network on the wavelet input with every augmentation.
-MEMORY_CONFIG = {"model": "simple_cnn", "transform": "wavelet", "wavelet": "db2", "levels": 6,
-                 "augmentation": "all", "input_length": 9000}
-GPU_CONFIG = {"model": "resnet1d", "transform": "none", "augmentation": "all", "input_length": 9000,
-              "width": 16, "depth": 4}
+# (Space files are read in order: input_length and wavelet must come before levels.)
+MEMORY_CONFIG = {"model": "simple_cnn", "input_length": 9000, "transform": "wavelet", "wavelet": "db2",
+                 "levels": 6, "augmentation": "all"}
+GPU_CONFIG = {"model": "resnet1d", "width": 16, "depth": 4, "input_length": 9000, "transform": "none",
+              "augmentation": "all"}
 
 
 def _tiny_trial(config: dict, data) -> None:
@@ -113,7 +114,8 @@ def fixed_space(values: dict, trials: int, max_epochs: int, folder: Path):
 
     path = folder / "fixed.yaml"
     settings = {"searcher": "optuna", "num_samples": trials, "max_epochs": max_epochs, "grace_period": max_epochs}
-    path.write_text(yaml.safe_dump({"description": "benchmark: one fixed config", "search": settings, **values}))
+    path.write_text(yaml.safe_dump({"description": "benchmark: one fixed config", "search": settings, **values},
+                                   sort_keys=False))
     return load_space(str(path))
 
 
