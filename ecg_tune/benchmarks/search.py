@@ -86,20 +86,20 @@ def summarise(runs: list[dict], budget: float) -> dict:
         values = np.array([[value_at(np.array(r["curve_s"]), np.array(r["curve_best"]), t) for t in at]
                            for r in group])
         reach = [_time_to(r, target) for r in group] if target is not None else []
-        with warnings.catch_warnings():  # columns before any seed's first report are all NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            summary[name] = _spread(values, at, group, reach)
+        summary[name] = _spread(values, at, group, reach)
     return summary
 
 
 def _spread(values: np.ndarray, at: list[float], group: list[dict], reach: list) -> dict:
+    # NaN until every seed has a score: a mean over only the seeds that had reported would jump
+    # down when a slower seed joins.
     return {
         "at_s": at,
-        "mean": np.nanmean(values, axis=0).tolist(),
-        "min": np.nanmin(values, axis=0).tolist(),
-        "max": np.nanmax(values, axis=0).tolist(),
-        "final_mean": float(np.nanmean(values[:, -1])),
-        "final_std": float(np.nanstd(values[:, -1])),
+        "mean": values.mean(axis=0).tolist(),
+        "min": values.min(axis=0).tolist(),
+        "max": values.max(axis=0).tolist(),
+        "final_mean": float(values[:, -1].mean()),
+        "final_std": float(values[:, -1].std()),
         "trials_mean": float(np.mean([r["trials"] for r in group])),
         "epochs_mean": float(np.mean([r["epochs"] for r in group])),
         "seconds_to_seed_grid_final": reach,
@@ -118,10 +118,11 @@ def table(result: dict) -> str:
     at = next(iter(summary.values()))["at_s"]
     shown = [k for k in (1, 3, 5, 7, 9) if k < len(at)]
     head = "| strategy | " + " | ".join(f"best at {at[k]:.0f} s" for k in shown) + \
-           " | trials | epochs | s to reach the grid's final |\n|---|" + "---|" * (len(shown) + 3)
+           " | trials | epochs | s to reach the grid's mean final (per seed) |\n|---|" + "---|" * (len(shown) + 3)
     rows = []
     for name, s in summary.items():
-        cells = [f"{s['mean'][k]:.3f} ({s['min'][k]:.3f}-{s['max'][k]:.3f})" for k in shown]
+        cells = [f"{s['mean'][k]:.3f} ({s['min'][k]:.3f}-{s['max'][k]:.3f})" if np.isfinite(s["mean"][k])
+                 else "not every seed yet" for k in shown]
         reach = ", ".join("never" if t is None else f"{t:.0f}" for t in s["seconds_to_seed_grid_final"])
         rows.append(f"| {result['strategies'][name]} | " + " | ".join(cells) +
                     f" | {s['trials_mean']:.1f} | {s['epochs_mean']:.0f} | {reach} |")
@@ -144,8 +145,9 @@ def plot(result: dict, path: Path) -> None:
             continue
         with warnings.catch_warnings():  # before the first report every seed is NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            mean, low, high = np.nanmean(curves, axis=0), np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
-        line, = axes.step(grid, mean, where="post", label=f"{label} (mean of {len(curves)})")
+            low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+        # The mean is drawn once every seed has a score; the band from the first one.
+        line, = axes.step(grid, curves.mean(axis=0), where="post", label=f"{label} (mean of {len(curves)})")
         axes.fill_between(grid, low, high, step="post", color=line.get_color(), alpha=0.15)
     metric = result["runs"][0]["metric"] if result["runs"] else "score"
     axes.set(xlabel="wall-clock seconds since the search started", ylabel=f"best {metric} so far",
