@@ -95,7 +95,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent, searcher=args.searcher, scheduler=args.scheduler,
         metric=args.metric, seed=args.seed, address=args.address, storage=args.storage,
         optuna_storage=args.optuna_storage, keep_checkpoints=args.keep_checkpoints,
-        dashboard=args.dashboard, resume=args.resume)
+        dashboard=args.dashboard, resume=args.resume, reuse_actors=not args.new_worker_per_trial)
     options.check()
     split_file = out / "split.csv" if args.resume and (out / "split.csv").is_file() else None
     dataset = prepare(args.data, label_column=args.label_column, split_file=split_file, seed=args.seed)
@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--optuna-storage", metavar="URL", help="keep the Optuna study there, e.g. sqlite:///study.db")
     search.add_argument("--keep-checkpoints", type=int, default=1, help="checkpoints kept per trial")
     search.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
+    search.add_argument("--new-worker-per-trial", action="store_true",
+                        help="start a fresh worker process for every trial (Tune's default) instead of "
+                             "reusing finished trials' workers")
     search.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     search.add_argument("--dry-run", action="store_true", help="validate data and space, show the plan, train nothing")
     search.add_argument("--no-refit", action="store_true", help="skip the refit of the best config")

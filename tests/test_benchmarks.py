@@ -135,7 +135,8 @@ def test_overhead_benchmark_quick_end_to_end(tmp_path: Path) -> None:
     assert main(["benchmark", "overhead", "--quick", "--data", "synthetic:300", "--out", str(tmp_path)]) == 0
     (result_file,) = tmp_path.glob("overhead-*.json")
     result = json.loads(result_file.read_text())
-    assert result["trial_cost"]["trials"] == 8
+    assert [c["reuse_actors"] for c in result["trial_cost"]] == [False, True]
+    assert all(c["trials"] == 8 for c in result["trial_cost"])
     assert [m["concurrent"] for m in result["memory"]] == [1, 4]
     assert all(m["peak_pss_mib"] > 0 for m in result["memory"])
 

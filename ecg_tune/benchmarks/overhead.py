@@ -39,8 +39,9 @@ def _tiny_trial(config: dict, data) -> None:
     tune.report({"records": len(data.labels)})
 
 
-def trial_cost(dataset: Dataset, trials: int) -> dict:
-    """Start-to-first-report seconds per tiny trial and trials per minute, 1 CPU per trial."""
+def trial_cost(dataset: Dataset, trials: int, reuse_actors: bool) -> dict:
+    """Start-to-first-report seconds per tiny trial and trials per minute, 1 CPU per trial, with
+    a fresh worker process per trial (Tune's default) or with workers reused across trials."""
     import ray
     from ray import tune
 
@@ -59,26 +60,35 @@ def trial_cost(dataset: Dataset, trials: int) -> dict:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_tiny_trial, data=dataset.tensors), {"cpu": 1}),
             param_space={"k": tune.grid_search(list(range(trials)))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=int(cpus)),
+            tune_config=tune.TuneConfig(max_concurrent_trials=int(cpus), reuse_actors=reuse_actors),
             run_config=tune.RunConfig(storage_path=storage, name="overhead", callbacks=[Clock()], verbose=0),
         )
         started = time.perf_counter()
         tuner.fit()
         wall = time.perf_counter() - started
     delays = np.array([first[k] - starts[k] for k in first if k in starts])
-    return {"trials": trials, "concurrent": int(cpus), "wall_s": wall, "trials_per_minute": trials / wall * 60,
+    # Tune calls on_trial_start once the trial's worker is up, so the delay above is only the
+    # reporting path; a worker's start-up shows in the time a trial holds its slot.
+    return {"trials": trials, "concurrent": int(cpus), "reuse_actors": reuse_actors, "wall_s": wall,
+            "trials_per_minute": trials / wall * 60, "slot_seconds_per_trial": int(cpus) * wall / trials,
+            "first_trial_started_after_s": min(starts.values()) - started,
             "start_to_first_report_s": {"median": float(np.median(delays)), "p90": float(np.percentile(delays, 90)),
                                         "max": float(delays.max()), "first_trial": float(delays[0])}}
 
 
 class PeakMemory:
-    """Peak summed PSS of this process and all its descendants (the Ray processes), sampled in a thread."""
+    """Peak memory of this process and all its descendants (the Ray processes), sampled in a thread.
+
+    `peak` is the largest sum of PSS (shared pages split among the processes mapping them, so the
+    object store counts once); `worker_uss_peak` the largest private memory (USS) of any one Ray
+    worker: a trial that copied the dataset would hold at least the dataset's size privately.
+    """
 
     def __init__(self, interval: float = 0.2):
         import psutil
 
         self._psutil, self.interval = psutil, interval
-        self.peak, self.samples = 0, 0
+        self.peak, self.worker_uss_peak, self.samples = 0, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -87,9 +97,12 @@ class PeakMemory:
         total = 0
         for process in [me, *me.children(recursive=True)]:
             try:
-                total += process.memory_full_info().pss
+                info = process.memory_full_info()
+                if process.pid != me.pid and _is_ray_worker(process):
+                    self.worker_uss_peak = max(self.worker_uss_peak, info.uss)
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
                 continue
+            total += info.pss
         return total
 
     def _run(self) -> None:
@@ -105,6 +118,13 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _is_ray_worker(process) -> bool:
+    # Ray renames its worker processes "ray::<task or actor>" (in the command line; the short
+    # process name may keep "python").
+    command = process.cmdline()
+    return process.name().startswith("ray::") or bool(command and command[0].startswith("ray::"))
 
 
 def fixed_space(values: dict, trials: int, max_epochs: int, folder: Path):
@@ -136,9 +156,9 @@ def search_memory(dataset: Dataset, concurrent: int, max_epochs: int, log: Calla
             run_search(options, space, dataset)
             wall = time.perf_counter() - started
     log(f"{concurrent} trial(s) at once: peak {memory.peak / 2**20:.0f} MiB (before: {baseline / 2**20:.0f} MiB), "
-        f"{wall:.0f} s")
+        f"largest private memory of one worker {memory.worker_uss_peak / 2**20:.0f} MiB, {wall:.0f} s")
     return {"concurrent": concurrent, "peak_pss_mib": memory.peak / 2**20, "before_pss_mib": baseline / 2**20,
-            "samples": memory.samples, "wall_s": wall}
+            "worker_uss_peak_mib": memory.worker_uss_peak / 2**20, "samples": memory.samples, "wall_s": wall}
 
 
 def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: int = 2,
@@ -154,10 +174,15 @@ def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: 
     # Four logical CPUs on any machine, so that "4 trials at once" is the same experiment everywhere.
     ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
-        cost = trial_cost(dataset, tiny_trials)
-        log(f"tiny trials: {cost['trials_per_minute']:.0f} trials/min with {cost['concurrent']} at once; "
-            f"start to first report median {cost['start_to_first_report_s']['median']:.2f} s "
-            f"(first trial {cost['start_to_first_report_s']['first_trial']:.2f} s)")
+        costs = []
+        for reuse in (False, True):
+            cost = trial_cost(dataset, tiny_trials, reuse)
+            costs.append(cost)
+            log(f"tiny trials, reuse_actors={reuse}: {cost['trials_per_minute']:.0f} trials/min with "
+                f"{cost['concurrent']} at once ({cost['slot_seconds_per_trial']:.1f} s per trial and slot); "
+                f"start to first report median "
+                f"{cost['start_to_first_report_s']['median']:.2f} s "
+                f"(first trial {cost['start_to_first_report_s']['first_trial']:.2f} s)")
         memory = [search_memory(dataset, n, max_epochs, log) for n in (1, 4)]
     finally:
         ray.shutdown()
@@ -165,7 +190,7 @@ def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: 
     extra = memory[1]["peak_pss_mib"] - memory[0]["peak_pss_mib"]
     log(f"dataset arrays {data_mib:.0f} MiB; 4 trials at once used {extra:.0f} MiB more than 1 "
         f"(3 more copies of the data would be {3 * data_mib:.0f} MiB)")
-    return {"trial_cost": cost, "memory": memory, "dataset_mib": data_mib,
+    return {"trial_cost": costs, "memory": memory, "dataset_mib": data_mib,
             "extra_mib_4_vs_1": extra, "memory_config": MEMORY_CONFIG, "max_epochs": max_epochs}
 
 
@@ -206,17 +231,21 @@ def run_gpu_benchmark(dataset: Dataset, shares: tuple[int, ...] = (1, 2, 4, 8), 
 
 
 def overhead_table(result: dict) -> str:
-    cost = result["trial_cost"]
-    delay = cost["start_to_first_report_s"]
-    lines = ["| measure | value |", "|---|---:|",
-             f"| tiny trials per minute ({cost['concurrent']} at once, {cost['trials']} trials) | "
-             f"{cost['trials_per_minute']:.0f} |",
-             f"| trial start to first report, median / p90 / max | {delay['median']:.2f} / {delay['p90']:.2f} / "
-             f"{delay['max']:.2f} s |",
-             f"| dataset arrays (held once in the object store) | {result['dataset_mib']:.0f} MiB |"]
+    lines = ["| measure | value |", "|---|---:|"]
+    for cost in result["trial_cost"]:
+        delay = cost["start_to_first_report_s"]
+        how = "workers reused" if cost["reuse_actors"] else "a new worker per trial"
+        lines += [f"| tiny trials per minute, {how} ({cost['concurrent']} at once, {cost['trials']} trials) | "
+                  f"{cost['trials_per_minute']:.0f} |",
+                  f"| seconds a tiny trial holds its slot, {how} | {cost['slot_seconds_per_trial']:.1f} s |",
+                  f"| trial start to first report, {how}: median / p90 / max | {delay['median']:.2f} / "
+                  f"{delay['p90']:.2f} / {delay['max']:.2f} s |"]
+    lines.append(f"| dataset arrays (held once in the object store) | {result['dataset_mib']:.0f} MiB |")
     for row in result["memory"]:
         lines.append(f"| peak memory (PSS, driver + Ray), {row['concurrent']} trial(s) at once | "
                      f"{row['peak_pss_mib']:.0f} MiB |")
+        lines.append(f"| largest private memory (USS) of one worker, {row['concurrent']} trial(s) at once | "
+                     f"{row['worker_uss_peak_mib']:.0f} MiB |")
     lines.append(f"| extra for 4 trials over 1 (3 data copies would be {3 * result['dataset_mib']:.0f} MiB) | "
                  f"{result['extra_mib_4_vs_1']:.0f} MiB |")
     return "\n".join(lines)

@@ -46,6 +46,9 @@ class SearchOptions:
     optuna_storage: str | None = None
     keep_checkpoints: int = 1
     max_failures: int = MAX_TRIAL_FAILURES
+    # A trial reuses a finished trial's worker process instead of starting (and importing torch
+    # in) a new one: measured by `benchmark overhead`, see docs/benchmarks.md.
+    reuse_actors: bool = True
     dashboard: bool = False
     resume: bool = False
     extra: dict = field(default_factory=dict)
@@ -201,6 +204,7 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
                 scheduler=_scheduler(plan),
                 max_concurrent_trials=plan.max_concurrent,
                 time_budget_s=plan.time_budget,
+                reuse_actors=options.reuse_actors,
             ),
             run_config=tune.RunConfig(
                 name="experiment",
