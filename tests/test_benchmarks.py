@@ -139,6 +139,7 @@ def test_overhead_benchmark_quick_end_to_end(tmp_path: Path) -> None:
     assert all(c["trials"] == 8 for c in result["trial_cost"])
     assert [m["concurrent"] for m in result["memory"]] == [1, 4]
     assert all(m["peak_pss_mib"] > 0 for m in result["memory"])
+    assert result["copy_probe"]["added_mib"] < result["copy_probe"]["dataset_signals_mib"]
 
 
 @pytest.mark.slow

@@ -120,6 +120,29 @@ class PeakMemory:
         self._thread.join()
 
 
+def _probe_copy(refs: list) -> dict:
+    """In a Ray worker: private memory before and after fetching the dataset and reading all of it."""
+    import psutil
+    import ray
+
+    process = psutil.Process()
+    before = process.memory_full_info().uss
+    data = ray.get(refs[0])
+    signals, _, _ = data.torch_views()
+    float(signals.sum())  # touch every page
+    after = process.memory_full_info().uss
+    return {"private_before_mib": before / 2**20, "private_after_mib": after / 2**20,
+            "added_mib": (after - before) / 2**20, "dataset_signals_mib": data.signals.nbytes / 2**20,
+            "array_owns_its_memory": bool(data.signals.flags.owndata)}
+
+
+def data_copy_probe(dataset: Dataset) -> dict:
+    """Whether a worker that fetches the dataset from the object store copies it (it should not)."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=1)(_probe_copy).remote([ray.put(dataset.tensors)]))
+
+
 def _is_ray_worker(process) -> bool:
     # Ray renames its worker processes "ray::<task or actor>" (in the command line; the short
     # process name may keep "python").
@@ -183,6 +206,9 @@ def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: 
                 f"start to first report median "
                 f"{cost['start_to_first_report_s']['median']:.2f} s "
                 f"(first trial {cost['start_to_first_report_s']['first_trial']:.2f} s)")
+        probe = data_copy_probe(dataset)
+        log(f"a worker that fetched the dataset and read all {probe['dataset_signals_mib']:.0f} MiB of its signals "
+            f"added {probe['added_mib']:.1f} MiB of private memory")
         memory = [search_memory(dataset, n, max_epochs, log) for n in (1, 4)]
     finally:
         ray.shutdown()
@@ -190,7 +216,7 @@ def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: 
     extra = memory[1]["peak_pss_mib"] - memory[0]["peak_pss_mib"]
     log(f"dataset arrays {data_mib:.0f} MiB; 4 trials at once used {extra:.0f} MiB more than 1 "
         f"(3 more copies of the data would be {3 * data_mib:.0f} MiB)")
-    return {"trial_cost": costs, "memory": memory, "dataset_mib": data_mib,
+    return {"trial_cost": costs, "copy_probe": probe, "memory": memory, "dataset_mib": data_mib,
             "extra_mib_4_vs_1": extra, "memory_config": MEMORY_CONFIG, "max_epochs": max_epochs}
 
 
@@ -241,6 +267,9 @@ def overhead_table(result: dict) -> str:
                   f"| trial start to first report, {how}: median / p90 / max | {delay['median']:.2f} / "
                   f"{delay['p90']:.2f} / {delay['max']:.2f} s |"]
     lines.append(f"| dataset arrays (held once in the object store) | {result['dataset_mib']:.0f} MiB |")
+    probe = result["copy_probe"]
+    lines.append(f"| private memory a worker adds by fetching the dataset and reading all of it | "
+                 f"{probe['added_mib']:.1f} MiB (worker before: {probe['private_before_mib']:.0f} MiB) |")
     for row in result["memory"]:
         lines.append(f"| peak memory (PSS, driver + Ray), {row['concurrent']} trial(s) at once | "
                      f"{row['peak_pss_mib']:.0f} MiB |")
