@@ -390,9 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--records", type=int, default=1024, help="training records per measurement")
     pipeline.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts")
     strategies = kinds.add_parser("search", help="seed grid vs random/FIFO vs random/ASHA vs Optuna/ASHA at equal time")
-    strategies.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
-                            help="wall-clock budget of each search run (default 300: 4 strategies x 3 seeds "
-                                 "take about an hour on 2 cores)")
+    strategies.add_argument("--budget", type=float, default=240.0, metavar="SECONDS",
+                            help="wall-clock budget of each search run (default 240: 4 strategies x 3 seeds "
+                                 "take about 52 minutes on 2 cores)")
     strategies.add_argument("--seeds", type=int, default=3, help="runs per strategy")
     strategies.add_argument("--records", type=int, default=2500,
                             help="a stratified subset of this many records, the same for every run "
@@ -406,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     quality = kinds.add_parser("quality", help="a full search's test score against duration-only, MiniRocket, "
                                                "pad vs crop and the published anchors")
     quality.add_argument("--run", help="a finished, refitted search folder to measure (default: run a full search)")
-    quality.add_argument("--search-budget", type=float, default=1800.0, metavar="SECONDS",
-                         help="wall-clock budget of that search (default 1800 = 30 min)")
+    quality.add_argument("--search-budget", type=float, default=1500.0, metavar="SECONDS",
+                         help="wall-clock budget of that search (default 1500 = 25 min)")
     quality.add_argument("--search-trials", type=int, default=200, help="trial limit of that search")
     quality.add_argument("--kernels", type=int, default=10_000, help="MiniRocket kernels")
     for kind in (pipeline, strategies, overhead, gpu, quality):

@@ -152,3 +152,17 @@ def test_gpu_benchmark_code_path_on_logical_gpus(small) -> None:
     assert [row["trials"] for row in result["rows"]] == [1, 2]
     assert [row["gpu_each"] for row in result["rows"]] == [1.0, 0.5]
     assert all(row["aggregate_samples_per_s"] > 0 for row in result["rows"])
+
+
+@pytest.mark.slow
+def test_quality_benchmark_quick_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("aeon", reason="MiniRocket is in the optional benchmark extra")
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", "quality", "--quick", "--data", "synthetic:400", "--out", "results"]) == 0
+    (result_file,) = Path("results").glob("quality-*.json")
+    result = json.loads(result_file.read_text())
+    n_test = result["search"]["test"]["n_records"]
+    assert result["minirocket"]["test"]["n_records"] == n_test
+    assert all(s["n_records"] == n_test for s in result["duration_baseline"].values())
+    assert {result["pad_vs_crop"]["chosen_by_search"], "pad", "crop"} <= set(result["pad_vs_crop"])
+    assert (Path(result["run"]) / "model" / "config.json").is_file()
