@@ -29,12 +29,15 @@ ANCHORS = [
 ]
 
 
+def _headline(test: dict) -> dict:
+    """The figures the benchmark keeps of a test report (report.py's test_metrics)."""
+    return {k: test[k] for k in ("accuracy", "macro_f1", "cinc_f1", "n_records", "ci95") if k in test}
+
+
 def _scores(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], seed: int) -> dict:
     from ecg_tune.report import test_metrics
 
-    result = test_metrics(truth, probabilities, classes, seed=seed)
-    keep = ("accuracy", "macro_f1", "cinc_f1", "n_records", "ci95")
-    return {k: result[k] for k in keep if k in result}
+    return _headline(test_metrics(truth, probabilities, classes, seed=seed))
 
 
 def duration_baselines(dataset, train_index: np.ndarray, test_index: np.ndarray, seed: int = 0) -> dict:
@@ -143,8 +146,7 @@ def pad_versus_crop(run_dir: Path, setup, cpus: float = 1.0, log: Callable[[str]
     chosen = setup.config.fit
     classes = list(setup.dataset.records.classes)
     truth = setup.dataset.tensors.labels[setup.test_index]
-    result = {chosen: {k: report["test"][k] for k in ("accuracy", "macro_f1", "cinc_f1", "n_records", "ci95")
-                       if k in report["test"]}}
+    result = {chosen: _headline(report["test"])}
     other = "crop" if chosen == "pad" else "pad"
     log(f"pad vs crop: the search chose fit={chosen}; refitting with fit={other}")
     output = train_and_predict(setup.config.with_updates(fit=other), setup.dataset, setup.train_index,
@@ -180,8 +182,7 @@ def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, cpus: float = 
         "run": str(run_dir), "data": best["data"], "metric": metric,
         "search": {"best_config": best["config"], "best_epoch": best["epoch"], "val": best["metrics"].get(metric),
                    "trials": trials, "last_improvement_s": float(times[-1]) if len(times) else None,
-                   "test": {k: report["test"][k] for k in ("accuracy", "macro_f1", "cinc_f1", "n_records", "ci95")
-                            if k in report["test"]}},
+                   "test": _headline(report["test"])},
         "duration_baseline": duration, "minirocket": rocket, "pad_vs_crop": padcrop,
         "anchors": [{"what": what, "cinc_f1": value} for what, value in ANCHORS],
     }
