@@ -200,6 +200,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             print("benchmark gpu: skipped, this machine has no CUDA device (nothing was measured)")
             return 0
     source = args.data or (str(DEFAULT_BENCHMARK_DATA) if DEFAULT_BENCHMARK_DATA.is_dir() else "synthetic")
+    for key in ("seeds", "tiny_trials", "kernels", "records", "rounds"):
+        value = getattr(args, key, None)
+        if value is not None and value < (0 if key == "records" else 1):
+            raise EcgTuneError(f"--{key.replace('_', '-')} must be at least {0 if key == 'records' else 1}, got {value}")
+    for key in ("budget", "search_budget"):
+        value = getattr(args, key, None)
+        if value is not None and value <= 0:
+            raise EcgTuneError(f"--{key.replace('_', '-')} must be positive, got {value}")
+    if getattr(args, "run", None) and not Path(args.run).is_dir():
+        raise EcgTuneError(f"--run {args.run}: no such folder")
 
     def dataset():
         data = prepare(source, label_column=args.label_column)

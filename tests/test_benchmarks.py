@@ -166,3 +166,20 @@ def test_quality_benchmark_quick_end_to_end(tmp_path: Path, monkeypatch) -> None
     assert all(s["n_records"] == n_test for s in result["duration_baseline"].values())
     assert {result["pad_vs_crop"]["chosen_by_search"], "pad", "crop"} <= set(result["pad_vs_crop"])
     assert (Path(result["run"]) / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["search", "--seeds", "0"], "--seeds must be at least 1"),
+    (["search", "--budget", "-1"], "--budget must be positive"),
+    (["quality", "--run", "no/such/run"], "no such folder"),
+])
+def test_bad_benchmark_options_are_one_line_errors(args: list[str], message: str, capsys) -> None:
+    assert main(["benchmark", *args, "--data", "synthetic:50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_quality_on_a_search_without_refit_says_what_to_run(tmp_path: Path, capsys) -> None:
+    (tmp_path / "best_config.json").write_text("{}")
+    assert main(["benchmark", "quality", "--run", str(tmp_path)]) == 2
+    assert "refit the search first" in capsys.readouterr().err

@@ -161,6 +161,10 @@ def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, cpus: float = 
     from ecg_tune.benchmarks.common import value_at
     from ecg_tune.refit import refit_setup
 
+    if not (run_dir / "report.json").is_file():
+        from ecg_tune.errors import EcgTuneError
+
+        raise EcgTuneError(f"{run_dir}: no report.json; refit the search first (ecg-tune refit --run {run_dir})")
     setup = refit_setup(run_dir)
     dataset, best = setup.dataset, setup.best
     report = json.loads((run_dir / "report.json").read_text())
