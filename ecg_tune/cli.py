@@ -200,10 +200,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             print("benchmark gpu: skipped, this machine has no CUDA device (nothing was measured)")
             return 0
     source = args.data or (str(DEFAULT_BENCHMARK_DATA) if DEFAULT_BENCHMARK_DATA.is_dir() else "synthetic")
-    for key in ("seeds", "tiny_trials", "kernels", "records", "rounds"):
+    # The search's --records 0 means all records; the pipeline's --records counts training records.
+    minimum = {"seeds": 1, "tiny_trials": 1, "kernels": 1, "rounds": 1, "records": 0 if args.benchmark == "search" else 1}
+    for key, least in minimum.items():
         value = getattr(args, key, None)
-        if value is not None and value < (0 if key == "records" else 1):
-            raise EcgTuneError(f"--{key.replace('_', '-')} must be at least {0 if key == 'records' else 1}, got {value}")
+        if value is not None and value < least:
+            raise EcgTuneError(f"--{key.replace('_', '-')} must be at least {least}, got {value}")
     for key in ("budget", "search_budget"):
         value = getattr(args, key, None)
         if value is not None and value <= 0:
@@ -302,7 +304,7 @@ def _seed_grid_figure(folder: Path) -> float | None:
     return None
 
 
-# Records in play for --quick, per benchmark: enough for every code path, small enough for minutes.
+# Records in play for --quick: enough for every code path, small enough for minutes.
 QUICK_RECORDS = 600
 
 

@@ -324,7 +324,7 @@ def plot_search_overview(trials: pd.DataFrame, histories: dict[str, pd.DataFrame
 def _best_so_far_panel(ax, trials: pd.DataFrame, histories: dict[str, pd.DataFrame],
                        metric: str) -> None:
     lower = _lower_is_better(metric)
-    events = _timed_reports(histories, metric)
+    events = timed_reports(histories, metric)
     if events is not None:
         x, y = events
         xlabel = "elapsed time (s)"
@@ -346,9 +346,10 @@ def _best_so_far_panel(ax, trials: pd.DataFrame, histories: dict[str, pd.DataFra
     ax.legend(loc="lower right" if not lower else "upper right", fontsize=8)
 
 
-def _timed_reports(histories: dict[str, pd.DataFrame], metric: str
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Every epoch's metric at its wall-clock time since the search began, or None without times."""
+def timed_reports(histories: dict[str, pd.DataFrame], metric: str, started: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every epoch's metric at its wall-clock time since `started` (a Unix time; default: the
+    earliest trial's start), sorted by time; None without times."""
     times, values, starts = [], [], []
     for history in histories.values():
         if history is None or metric not in history.columns:
@@ -367,7 +368,7 @@ def _timed_reports(histories: dict[str, pd.DataFrame], metric: str
         values.append(frame[metric].to_numpy(float))
     if not times:
         return None
-    time = np.concatenate(times) - min(starts)
+    time = np.concatenate(times) - (min(starts) if started is None else started)
     value = np.concatenate(values)
     order = np.argsort(time, kind="stable")
     return time[order], value[order]

@@ -24,13 +24,15 @@ def small():
 
 def test_best_so_far_keeps_only_improvements_in_time_order() -> None:
     histories = {
-        "a": pd.DataFrame({"timestamp": [105, 110, 130], "score": [0.3, 0.2, 0.6]}),
-        "b": pd.DataFrame({"timestamp": [108, 120], "score": [0.4, np.nan]}),
-        "c": pd.DataFrame({"timestamp": [109]}),  # errored before reporting the metric
+        "a": pd.DataFrame({"timestamp": [105, 110, 130], "time_total_s": [3, 8, 28], "score": [0.3, 0.2, 0.6]}),
+        "b": pd.DataFrame({"timestamp": [108, 120], "time_total_s": [4, 16], "score": [0.4, np.nan]}),
+        "c": pd.DataFrame({"timestamp": [109], "time_total_s": [1]}),  # errored before reporting the metric
     }
     times, best = best_so_far(histories, "score", started=100.0)
     assert times.tolist() == [5, 8, 30]
     assert best.tolist() == [0.3, 0.4, 0.6]
+    # By default the clock starts with the first trial (a: 105 - 3 = 102).
+    assert best_so_far(histories, "score")[0].tolist() == [3, 6, 28]
     assert np.isnan(value_at(times, best, 4.0))
     assert value_at(times, best, 8.0) == 0.4
     assert value_at(times, best, 29.9) == 0.4
@@ -172,6 +174,7 @@ def test_quality_benchmark_quick_end_to_end(tmp_path: Path, monkeypatch) -> None
     (["search", "--seeds", "0"], "--seeds must be at least 1"),
     (["search", "--budget", "-1"], "--budget must be positive"),
     (["quality", "--run", "no/such/run"], "no such folder"),
+    (["pipeline", "--records", "0"], "--records must be at least 1"),
 ])
 def test_bad_benchmark_options_are_one_line_errors(args: list[str], message: str, capsys) -> None:
     assert main(["benchmark", *args, "--data", "synthetic:50"]) == 2

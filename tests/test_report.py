@@ -196,7 +196,7 @@ def test_search_overview_picture(tmp_path) -> None:
 
 def test_best_so_far_uses_elapsed_time() -> None:
     _, histories = _search(3)
-    time, values = report._timed_reports(histories, "val_cinc_f1")
+    time, values = report.timed_reports(histories, "val_cinc_f1")
     assert time.min() >= 0 and np.all(np.diff(time) >= 0)
     assert len(values) == sum(len(h) for h in histories.values())
 

@@ -43,22 +43,21 @@ def thin(dataset: Dataset, keep: int, seed: int = 0) -> Dataset:
     return Dataset(records=dataset.records, tensors=dataset.tensors, split=split.astype(str))
 
 
-def best_so_far(histories: dict, metric: str, started: float) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds since `started` and the best `metric` any trial had reported by then.
+def best_so_far(histories: dict, metric: str, started: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds since `started` (default: the first trial's start) and the best `metric` any trial
+    had reported by then, one point per report that raised it.
 
-    `histories` maps trial ids to their per-epoch result frames (Tune's result.json rows, which
-    carry a Unix `timestamp`); one point per report that raised the best.
+    `histories` maps trial ids to their per-epoch result frames (Tune's result.json rows).
     """
-    points = [(float(t), float(v)) for frame in histories.values() if metric in frame
-              for t, v in zip(frame["timestamp"], frame[metric]) if np.isfinite(v)]
-    points.sort()
-    times, best, current = [], [], -np.inf
-    for t, value in points:
-        if value > current:
-            current = value
-            times.append(t - started)
-            best.append(value)
-    return np.asarray(times), np.asarray(best)
+    from ecg_tune.report import timed_reports
+
+    events = timed_reports(histories, metric, started)
+    if events is None:
+        return np.array([]), np.array([])
+    times, values = events
+    running = np.maximum.accumulate(values)
+    raised = np.r_[True, running[1:] > running[:-1]]
+    return times[raised], running[raised]
 
 
 def value_at(times: np.ndarray, best: np.ndarray, at: float) -> float:

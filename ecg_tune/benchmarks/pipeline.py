@@ -14,7 +14,6 @@ Measured in one run, on the same records, each figure the best of `rounds` inter
 
 from __future__ import annotations
 
-import platform
 import time
 from typing import Callable
 
@@ -48,8 +47,6 @@ def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 
                           "label": tensors.labels[train]})
     signals, lengths, _ = tensors.torch_views()
     result: dict = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
         "data": {"source": dataset.records.source, "records": records, "input_length": input_length,
                  "batch_size": batch_size, "rounds": rounds},
         "data_path": {}, "training": {}, "breakdown_us_per_sample": {},

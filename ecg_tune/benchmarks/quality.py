@@ -133,8 +133,7 @@ def search_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, in
     from ecg_tune.refit import all_histories
 
     histories = all_histories(run_dir)
-    start = min(float(h["timestamp"].iloc[0] - h["time_total_s"].iloc[0]) for h in histories.values())
-    return (*best_so_far(histories, metric, start), len(histories))
+    return (*best_so_far(histories, metric), len(histories))
 
 
 def pad_versus_crop(run_dir: Path, setup, cpus: float = 1.0, log: Callable[[str], None] = print) -> dict:
