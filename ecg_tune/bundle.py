@@ -4,7 +4,7 @@ A bundle classifies new recordings without the search: `weights.pt` (the network
 loaded with `torch.load(..., weights_only=True)`), `svm.skops` for cnn_svm (loaded with no
 untrusted types, so no arbitrary code runs), and `config.json` with the full training config,
 the class names, the sampling rate and the preprocessing (normalisation, input length, transform,
-windowing). Prediction reuses the data layer's tensors and the record-level windowed evaluation
+windowing; the transform's options are those it declares). Prediction reuses the data layer's tensors and the record-level windowed evaluation
 of training, so a bundle predicts exactly as the refit's test evaluation did.
 """
 
@@ -63,10 +63,8 @@ def save_bundle(folder: Path, network: Network, svm: SVMStage | None, config: Tr
             "normalisation": config.normalisation,
             "input_length": network.input_length,
             "transform": config.transform,
-            "wavelet": config.wavelet if config.transform == "wavelet" else None,
-            "levels": config.levels if config.transform == "wavelet" else None,
-            "wavelet_output": config.wavelet_output if config.transform == "wavelet" else None,
-            "fourier_log": config.fourier_log if config.transform == "fourier" else None,
+            # The transform's own options (e.g. wavelet, levels, wavelet_output), by its declaration.
+            **config.part_options("transform"),
             "windowing": {"window": network.input_length, "overlap": config.window_overlap,
                           "aggregation": "mean of window probabilities"},
         },

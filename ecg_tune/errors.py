@@ -4,6 +4,8 @@ Raised at the boundaries (data sources, config files, command-line options). The
 without a traceback and exits with code 2.
 """
 
+from pydantic import ValidationError
+
 
 class EcgTuneError(Exception):
     """A problem with the user's input, described in one line."""
@@ -19,3 +21,13 @@ class DataError(EcgTuneError):
 
 class ConfigError(EcgTuneError):
     """A configuration value, space file or option that cannot work."""
+
+
+def validation_message(exc: ValidationError) -> str:
+    """pydantic's first error as `key: problem` (nested keys joined by ': ')."""
+    first = exc.errors()[0]
+    key = ": ".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{key}: {message}" if key else message

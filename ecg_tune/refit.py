@@ -131,7 +131,7 @@ def refit_setup(run_dir: Path) -> RefitSetup:
     dataset = prepare(best["data"], split_file=run_dir / "split.csv", seed=config.seed)
     train_index, test_index = dataset.index("train", "val"), dataset.index("test")
     # The SVM stage is fitted on all the refit's training records, not a subsample.
-    config = config.with_updates(svm_max_train=max(config.svm_max_train, len(train_index)))
+    config = config.with_updates(svm_max_train=max(config.value("svm_max_train"), len(train_index)))
     return RefitSetup(best, config, dataset, train_index, test_index, lr_schedule)
 
 

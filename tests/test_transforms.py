@@ -220,13 +220,13 @@ def test_output_length_from_pywt() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"wavelet": "nope"}, r"^wavelet='nope' is not a discrete wavelet"),
-        ({"wavelet": "morl"}, r"^wavelet='morl' is a continuous wavelet"),
-        ({"wavelet": "cmor1.5-1.0"}, r"^wavelet='cmor1.5-1.0' is a continuous wavelet"),
+        ({"wavelet": "nope"}, r"^wavelet: 'nope' is not a discrete wavelet"),
+        ({"wavelet": "morl"}, r"^wavelet: 'morl' is a continuous wavelet"),
+        ({"wavelet": "cmor1.5-1.0"}, r"^wavelet: 'cmor1.5-1.0' is a continuous wavelet"),
         ({"levels": 6}, r"^levels=6 is beyond the feasible maximum 5 for wavelet db2 on 96-sample"),
-        ({"levels": 0}, r"^levels=0 must be at least 1"),
-        ({"levels": 2.0}, r"^levels=2.0 must be an integer"),
-        ({"wavelet_output": "all"}, r"^wavelet_output='all' must be one of approx, bands"),
+        ({"levels": 0}, r"^levels: Input should be greater than or equal to 1"),
+        ({"levels": 2.5}, r"^levels: Input should be a valid integer"),
+        ({"wavelet_output": "all"}, r"^wavelet_output: Input should be 'approx' or 'bands'"),
     ],
 )
 def test_config_errors(kwargs: dict, match: str) -> None:

@@ -9,16 +9,24 @@ Measured in one run, on the same records, each figure the best of `rounds` inter
   feeding the same network, this project's epoch (the training loop's own figure), and the limit:
   the same network trained on precomputed tensors of the transform's output shape, so that the
   data path costs nothing;
-- where a step of the batched pipeline spends its time (fetch, augment, transform, forward/backward).
+- where a step of the batched pipeline spends its time (fetch, augment, transform, forward/backward);
+- the DWT alone (`run_dwt_benchmark`): this project's `WaveletTransform` against ptwt.wavedec
+  (the PyTorch wavelet toolbox, optional: skipped with a one-line note when it is not installed)
+  and pywt.wavedec, on one (batch, input_length) float32 batch, no_grad, per wavelet, level and
+  output. For "bands" ptwt is timed twice: its raw coefficient list, and that list brought to
+  WaveletTransform's time-aligned (B, bands, length) layout by the same index gather (the
+  like-for-like replacement). pywt is timed on the numpy batch, raw coefficients only.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pywt
 import torch
 from torch import nn
 
@@ -26,6 +34,7 @@ from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data import Dataset
 from ecg_tune.benchmarks.seed_pipeline import seed_batches
 from ecg_tune.signal.augment import AugmentParams, BatchAugmenter
+from ecg_tune.signal.transforms import WaveletTransform
 from ecg_tune.training.loop import fit, train_step
 from ecg_tune.training.network import build_network
 
@@ -35,10 +44,21 @@ TRANSFORMS = {
     "fourier": {"transform": "fourier"},
 }
 
+# (wavelet, levels, output) for "DWT alone": the wavelets and the level range (3-8) of the full
+# search space, both outputs.
+DWT_CASES = (
+    ("db2", 6, "approx"), ("db2", 6, "bands"),
+    ("db4", 4, "approx"), ("db4", 4, "bands"),
+    ("sym4", 8, "approx"), ("sym4", 8, "bands"),
+    ("haar", 3, "approx"), ("haar", 3, "bands"),
+    ("coif1", 5, "approx"), ("coif1", 5, "bands"),
+)
+
 
 def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 3,
                            input_length: int = 9000, batch_size: int = 32,
-                           log: Callable[[str], None] = print) -> dict:
+                           log: Callable[[str], None] = print, *,
+                           dwt_cases: tuple[tuple[str, int, str], ...] | None = DWT_CASES) -> dict:
     tensors = dataset.tensors
     train = dataset.index("train")[:records]
     records = len(train) - len(train) % batch_size
@@ -106,6 +126,127 @@ def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 
                                                    labels, train, batch_size, rounds)
     log("breakdown of a batched step (us/sample): " + ", ".join(
         f"{k} {v:.0f}" for k, v in result["breakdown_us_per_sample"].items()))
+
+    if dwt_cases:
+        result["dwt_alone"] = run_dwt_benchmark(input_length, batch_size, rounds, dwt_cases, log=log)
+    return result
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _import_ptwt():
+    try:
+        import ptwt
+    except ImportError:
+        return None
+    return ptwt
+
+
+def run_dwt_benchmark(input_length: int = 9000, batch_size: int = 32, rounds: int = 3,
+                      cases: tuple[tuple[str, int, str], ...] = DWT_CASES, *,
+                      seconds_per_measurement: float = 0.15, use_ptwt: bool = True,
+                      log: Callable[[str], None] = print) -> dict:
+    """The DWT alone: samples/s of WaveletTransform, ptwt.wavedec and pywt.wavedec per case.
+
+    One random (batch_size, input_length) float32 batch on the CPU, no_grad. Each measurement
+    repeats one call enough times to last about `seconds_per_measurement` (calibrated once per
+    implementation and case after warm-up); every round measures every case and implementation,
+    in an order rotated from round to round, and the best round counts. Also recorded per case:
+    the largest absolute difference of each float32 output from pywt in float64 (on the same
+    batch, in WaveletTransform's layout), and of ptwt in float64 from pywt in float64.
+    """
+    ptwt = _import_ptwt() if use_ptwt else None
+    if ptwt is None:
+        log("DWT alone: ptwt is not installed (pip install ptwt); measuring WaveletTransform and pywt only")
+    x = torch.randn(batch_size, input_length, generator=torch.Generator().manual_seed(0))
+    x_numpy = x.numpy()
+    x64 = x.double()
+    result: dict = {"input_length": input_length, "batch_size": batch_size, "rounds": rounds,
+                    "dtype": "float32", "device": "cpu",
+                    "ptwt_version": _version("ptwt") if ptwt else None,
+                    "pywt_version": pywt.__version__, "cases": {}}
+    timed: dict[tuple[str, str], Callable[[], object]] = {}
+    for wavelet_name, levels, output in cases:
+        label = f"{wavelet_name} L{levels} {output}"
+        wavelet = pywt.Wavelet(wavelet_name)
+        module = WaveletTransform(input_length, wavelet=wavelet_name, levels=levels, wavelet_output=output)
+        bands = len(module.band_names)
+        # Index into the pywt-order concatenation of all bands that gives WaveletTransform's layout.
+        if output == "bands":
+            offsets = torch.as_tensor(np.cumsum([0] + module.band_lengths[:-1]))
+            gather = (module.band_index + offsets[:, None]).reshape(-1)
+        else:
+            gather = None
+
+        def layout(coeffs, gather=gather, bands=bands, output=output):
+            if output == "approx":
+                return coeffs[0].unsqueeze(1)
+            return torch.cat(coeffs, dim=1).index_select(1, gather).view(coeffs[0].shape[0], bands, -1)
+
+        with torch.no_grad():
+            reference = layout([torch.from_numpy(c) for c in
+                                pywt.wavedec(x64.numpy(), wavelet, mode="symmetric", level=levels, axis=-1)])
+            case = {"wavelet": wavelet_name, "levels": levels, "output": output,
+                    "output_shape": list(module.output_shape),
+                    "custom_max_abs_diff": float((module(x).double() - reference).abs().max())}
+            timed[label, "custom"] = lambda module=module: module(x)
+            timed[label, "pywt"] = (lambda wavelet=wavelet, levels=levels:
+                                    pywt.wavedec(x_numpy, wavelet, mode="symmetric", level=levels, axis=-1))
+            if ptwt is not None:
+                def run_ptwt(data=x, wavelet=wavelet, levels=levels):
+                    return ptwt.wavedec(data, wavelet, mode="symmetric", level=levels)
+
+                case["ptwt_max_abs_diff"] = float((layout(run_ptwt()).double() - reference).abs().max())
+                case["ptwt_float64_max_abs_diff"] = float((layout(run_ptwt(x64)) - reference).abs().max())
+                if output == "approx":
+                    timed[label, "ptwt"] = lambda run_ptwt=run_ptwt: run_ptwt()[0].unsqueeze(1)
+                else:
+                    timed[label, "ptwt"] = run_ptwt
+                    timed[label, "ptwt_aligned"] = lambda run_ptwt=run_ptwt, layout=layout: layout(run_ptwt())
+        result["cases"][label] = case
+
+    # Warm-up (first calls pay one-off costs per shape), then calibrate the calls per measurement.
+    calls: dict[tuple[str, str], int] = {}
+    with torch.no_grad():
+        for key, work in timed.items():
+            for _ in range(3):
+                work()
+            started = time.perf_counter()
+            work()
+            once = max(time.perf_counter() - started, 1e-6)
+            calls[key] = max(3, math.ceil(seconds_per_measurement / once))
+        best = dict.fromkeys(timed, 0.0)
+        keys = list(timed)
+        for round_number in range(rounds):
+            shift = round_number % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                work, n = timed[key], calls[key]
+                started = time.perf_counter()
+                for _ in range(n):
+                    work()
+                best[key] = max(best[key], n * batch_size / (time.perf_counter() - started))
+
+    for label, case in result["cases"].items():
+        for impl in ("custom", "ptwt", "ptwt_aligned", "pywt"):
+            if (label, impl) in best:
+                case[f"{impl}_samples_per_s"] = best[label, impl]
+        if "ptwt_samples_per_s" in case:
+            like = case.get("ptwt_aligned_samples_per_s", case["ptwt_samples_per_s"])
+            case["custom_over_ptwt"] = case["custom_samples_per_s"] / like
+            if case["output"] == "bands":
+                case["custom_over_ptwt_raw"] = case["custom_samples_per_s"] / case["ptwt_samples_per_s"]
+        case["custom_over_pywt"] = case["custom_samples_per_s"] / case["pywt_samples_per_s"]
+        log(f"DWT alone {label:17s} custom {case['custom_samples_per_s']:9.0f}/s  "
+            + (f"ptwt {case.get('ptwt_aligned_samples_per_s', case['ptwt_samples_per_s']):9.0f}/s "
+               f"(x{case['custom_over_ptwt']:.2f})  " if "ptwt_samples_per_s" in case else "")
+            + f"pywt {case['pywt_samples_per_s']:9.0f}/s")
     return result
 
 
@@ -219,4 +360,33 @@ def table(result: dict) -> str:
               f"| seed pipeline | {t['seed_samples_per_s']:.0f} | {t['seed_fraction_of_limit']:.0%} |",
               "", "| step part | us/sample |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in result["breakdown_us_per_sample"].items()]
+    if result.get("dwt_alone"):
+        lines += ["", dwt_table(result["dwt_alone"])]
+    return "\n".join(lines)
+
+
+def dwt_table(dwt: dict) -> str:
+    """The "DWT alone" figures as a markdown table (samples/s; ratios of WaveletTransform to ptwt)."""
+    def rate(case: dict, key: str) -> str:
+        return f"{case[key]:,.0f}" if key in case else "-"
+
+    def ratio(case: dict, key: str) -> str:
+        return f"{case[key]:.2f}x" if key in case else "-"
+
+    header = (f"DWT alone: batch {dwt['batch_size']} x {dwt['input_length']} float32, CPU, no_grad, "
+              f"best of {dwt['rounds']} interleaved rounds" + ("" if dwt.get("ptwt_version") else
+                                                              " (ptwt not installed)"))
+    lines = [header, "",
+             "| wavelet, levels, output | WaveletTransform | ptwt | ptwt + alignment | pywt "
+             "| WaveletTransform / ptwt | max abs diff vs pywt float64 (ours / ptwt) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, case in dwt["cases"].items():
+        diffs = f"{case['custom_max_abs_diff']:.1e} / " + (
+            f"{case['ptwt_max_abs_diff']:.1e}" if "ptwt_max_abs_diff" in case else "-")
+        like = ratio(case, "custom_over_ptwt")
+        if "custom_over_ptwt_raw" in case:
+            like += f" ({case['custom_over_ptwt_raw']:.2f}x raw)"
+        lines.append(f"| {label} | {rate(case, 'custom_samples_per_s')} | {rate(case, 'ptwt_samples_per_s')} "
+                     f"| {rate(case, 'ptwt_aligned_samples_per_s')} | {rate(case, 'pywt_samples_per_s')} "
+                     f"| {like} | {diffs} |")
     return "\n".join(lines)

@@ -1,13 +1,12 @@
 """The classifier networks: the `EcgModel` interface, the `MODELS` registry and `build_model`.
 
 This package owns every trainable network and the SVM stage of `cnn_svm` (models/svm.py).
-Each model module registers one builder under the name used in config and search-space files;
-every builder has the same signature,
-
-    builder(in_channels, input_length, n_classes, *, feature_size, width, depth, dropout)
-
-and uses only the sizes that apply to it (its docstring says which), so the search space can
-carry all four sizes for every model and the training loop never special-cases a name.
+Each model module registers its `EcgModel` subclass under the name used in config and
+search-space files. A model declares the config keys it reads as its `Options` (a
+`PartOptions` model: types, defaults, bounds), the shortest input it accepts as
+`min_input_length`, and is built by `build(in_channels, input_length, n_classes, options)`;
+the training loop never special-cases a name. Adding a model is one module plus one import
+line below.
 
 Input is always a float tensor (B, C, L): C = 1 for the raw, Fourier and wavelet-approximation
 transforms, C = levels + 1 for wavelet bands. Models whose classifier head is a flattened
@@ -18,15 +17,22 @@ globally and accepts any length.
 from __future__ import annotations
 
 import numbers
-from typing import Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ecg_tune.errors import ConfigError
-from ecg_tune.registry import Registry
+from ecg_tune.registry import NoOptions, PartOptions, Registry
 
-__all__ = ["EcgModel", "MODELS", "ModelBuilder", "build_model", "model_names"]
+__all__ = ["EcgModel", "MODELS", "WidthOptions", "build_model", "model_names"]
+
+
+class WidthOptions(PartOptions):
+    """`width`, read by more than one model (one definition, so they cannot disagree)."""
+
+    width: int = Field(32, ge=1)  # channels; each model says how it uses them
 
 
 class EcgModel(nn.Module):
@@ -43,7 +49,16 @@ class EcgModel(nn.Module):
     """
 
     uses_svm: ClassVar[bool] = False
+    Options: ClassVar[type[PartOptions]] = NoOptions
+    # The shortest input (samples after the transform) the model can be built for.
+    min_input_length: ClassVar[int] = 1
     head: nn.Module  # set by the subclass, after its feature layers (keeps parameter order)
+
+    @classmethod
+    def build(cls, in_channels: int, input_length: int, n_classes: int, options: PartOptions) -> "EcgModel":
+        """The model for these sizes and (validated) options; the default passes every option
+        to the constructor by name."""
+        return cls(in_channels, input_length, n_classes, **options.model_dump())
 
     def __init__(self, in_channels: int, input_length: int, n_classes: int) -> None:
         super().__init__()
@@ -74,8 +89,7 @@ class EcgModel(nn.Module):
             )
 
 
-ModelBuilder = Callable[..., EcgModel]
-MODELS: Registry[ModelBuilder] = Registry("model")
+MODELS: Registry[type[EcgModel]] = Registry("model")
 
 # The model modules import EcgModel and MODELS from this package and register themselves, so
 # these imports must come after the definitions above (a partially initialised package is
@@ -88,35 +102,23 @@ def model_names() -> list[str]:
     return MODELS.names()
 
 
-def build_model(
-    name: str,
-    in_channels: int,
-    input_length: int,
-    n_classes: int,
-    *,
-    feature_size: int = 64,
-    width: int = 32,
-    depth: int = 8,
-    dropout: float = 0.3,
-) -> EcgModel:
+def build_model(name: str, in_channels: int, input_length: int, n_classes: int, **options: Any) -> EcgModel:
     """Build the registered model `name` for inputs (B, in_channels, input_length).
 
-    Raises ConfigError for an unknown name or sizes no model can use.
+    `options` are config keys; those the model does not read are ignored. Raises ConfigError
+    for an unknown name, bad options, or an input shorter than the model accepts.
     """
-    builder = MODELS.get(name)
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not (
-        0.0 <= float(dropout) < 1.0
-    ):
-        raise ConfigError(f"model dropout must be a number in [0, 1), got {dropout!r}")
-    return builder(
-        _as_int("in_channels", in_channels, 1),
-        _as_int("input_length", input_length, 1),
-        _as_int("n_classes", n_classes, 2),
-        feature_size=_as_int("feature_size", feature_size, 1),
-        width=_as_int("width", width, 1),
-        depth=_as_int("depth", depth, 1),
-        dropout=float(dropout),
-    )
+    cls = MODELS.get(name)
+    typed = MODELS.options(name, options)
+    length = _as_int("input_length", input_length, 1)
+    if length < cls.min_input_length:
+        raise ConfigError(f"model {name} needs inputs of at least {cls.min_input_length} samples, got {length}")
+    return cls.build(_as_int("in_channels", in_channels, 1), length, _as_int("n_classes", n_classes, 2), typed)
+
+
+def min_input_length(name: str) -> int:
+    """The shortest input the registered model `name` accepts."""
+    return MODELS.get(name).min_input_length
 
 
 def _as_int(key: str, value: object, minimum: int) -> int:

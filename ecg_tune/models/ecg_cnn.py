@@ -4,9 +4,9 @@ Four blocks of Conv1d (length-preserving padding) + BatchNorm + ReLU + MaxPool(2
 32, 64, 128, 256 channels and kernels 5, 5, 3, 3, then flatten -> Linear(512) -> ReLU ->
 Dropout(0.5) -> Linear(128) -> ReLU -> [features] -> Dropout(0.3) -> Linear(n_classes).
 
-Sizes used: `width` scales the four channel counts by width / 32 (the default 32 gives the
-seed's network exactly). Unused: `feature_size`, `depth`, `dropout`; the 512/128 hidden sizes
-and the 0.5/0.3 dropouts are the seed's and stay fixed so its results can be reproduced.
+Options: `width` scales the four channel counts by width / 32 (the default 32 gives the seed's
+network exactly). The 512/128 hidden sizes and the 0.5/0.3 dropouts are the seed's and stay
+fixed so its results can be reproduced.
 
 Cost note: the first Linear sees 256 * L / 16 inputs, so at 9000 samples it holds about 74 M
 weights (most of the model); on short transforms (wavelet approximation) it is small.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ecg_tune.models import MODELS, EcgModel
+from ecg_tune.models import MODELS, EcgModel, WidthOptions
 
 _BASE_CHANNELS = (32, 64, 128, 256)
 _KERNELS = (5, 5, 3, 3)
@@ -25,12 +25,15 @@ _HIDDEN = (512, 128)
 _DROPOUTS = (0.5, 0.3)
 
 
+@MODELS.register("ecg_cnn")
 class ECGCNN(EcgModel):
     """The seed's ECGCNN, built for one input length (the flattened size depends on it).
 
     A block's pool is left out when the length reaching it is below 2, so inputs of any
     length >= 1 build; at 9000 samples every pool is used (9000 -> 562).
     """
+
+    Options = WidthOptions
 
     def __init__(self, in_channels: int, input_length: int, n_classes: int, width: int = 32):
         super().__init__(in_channels, input_length, n_classes)
@@ -62,18 +65,3 @@ class ECGCNN(EcgModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, fixed_length=True)
         return self.fc(self.conv(x).flatten(1))
-
-
-@MODELS.register("ecg_cnn")
-def build_ecg_cnn(
-    in_channels: int,
-    input_length: int,
-    n_classes: int,
-    *,
-    feature_size: int,
-    width: int,
-    depth: int,
-    dropout: float,
-) -> ECGCNN:
-    """The seed's ECGCNN. Uses `width` (channel scale, 32 = exact); ignores the rest."""
-    return ECGCNN(in_channels, input_length, n_classes, width)

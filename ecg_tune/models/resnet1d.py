@@ -20,19 +20,20 @@ To stay cheap on a CPU, a strided stem convolution (kernel 15, stride 4) first b
 signal to a quarter of its rate (300 Hz -> 75 Hz for CinC 2017). At the defaults (width 32,
 depth 8) a 9000-sample input ends at 141 steps of 64 channels; 0.27 M parameters.
 
-Sizes used: `width` = channels of the stem and the first four blocks (doubling every four
-blocks, at most 8 x width), `depth` = number of residual blocks, `dropout` = channel dropout
-inside blocks and dropout before the last Linear.
-Unused: `feature_size` (the features are the pooled channels: 2 x final channels).
+Options: `width` = channels of the stem and the first four blocks (doubling every four blocks,
+at most 8 x width), `depth` = number of residual blocks, `dropout` = channel dropout inside
+blocks and dropout before the last Linear. The features are the pooled channels (2 x final
+channels).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from ecg_tune.models import MODELS, EcgModel
+from ecg_tune.models import MODELS, EcgModel, WidthOptions
 
 # Branches of a multi-scale convolution as (kernel, dilation).
 BRANCHES: tuple[tuple[int, int], ...] = ((3, 1), (9, 1), (9, 2))
@@ -95,6 +96,12 @@ class ResidualBlock(nn.Module):
         return shortcut + self.conv2(self.mid(self.conv1(self.pre(x))))
 
 
+class ResNetOptions(WidthOptions):
+    depth: int = Field(8, ge=1)  # residual blocks
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+
+
+@MODELS.register("resnet1d")
 class ResNet1d(EcgModel):
     """Stem -> `depth` residual blocks -> BN-ReLU -> [avg | max] global pooling -> Dropout ->
     Linear. `features(x)` is the pooled vector (2 x final channels), for any length.
@@ -103,6 +110,8 @@ class ResNet1d(EcgModel):
     2: short inputs (e.g. 26 wavelet coefficients) get fewer strided blocks. Inputs of other
     lengths than `input_length` still work (ceil-mode pooling, global head).
     """
+
+    Options = ResNetOptions
 
     def __init__(
         self,
@@ -156,18 +165,3 @@ class ResNet1d(EcgModel):
         # Average pooling summarises rhythm over the whole record; max pooling keeps a rare
         # event (one ectopic beat) that an average would dilute.
         return torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
-
-
-@MODELS.register("resnet1d")
-def build_resnet1d(
-    in_channels: int,
-    input_length: int,
-    n_classes: int,
-    *,
-    feature_size: int,
-    width: int,
-    depth: int,
-    dropout: float,
-) -> ResNet1d:
-    """Multi-scale 1-D ResNet. Uses `width`, `depth`, `dropout`; ignores `feature_size`."""
-    return ResNet1d(in_channels, input_length, n_classes, width, depth, dropout)

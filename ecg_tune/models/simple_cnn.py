@@ -6,17 +6,23 @@ classes, with He (kaiming) initialisation. `cnn_svm` trains exactly this network
 linear head and is marked `uses_svm = True`, which tells the training loop to fit an RBF SVM
 (models/svm.py) on `features(x)`, the ReLU'd `feature_size` vector.
 
-Sizes used: `feature_size`. Unused: `width`, `depth`, `dropout` (the seed has no dropout and
-fixed conv widths; keeping them fixed keeps the seed's results reproducible).
+Options: `feature_size`; `cnn_svm` adds the SVM stage's (models/svm.py). The seed has no
+dropout and fixed conv widths; keeping them fixed keeps the seed's results reproducible.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
+from pydantic import Field
+
 from ecg_tune.errors import ConfigError
 from ecg_tune.models import MODELS, EcgModel
+from ecg_tune.registry import PartOptions
+from ecg_tune.models.svm import SVMOptions
 
 _KERNEL = 3
 _CHANNELS = (16, 32)
@@ -24,6 +30,11 @@ _CHANNELS = (16, 32)
 MIN_LENGTH = 5
 
 
+class FeatureSizeOptions(PartOptions):
+    feature_size: int = Field(64, ge=1)  # the penultimate layer (and the SVM's input)
+
+
+@MODELS.register("simple_cnn")
 class SimpleCNN(EcgModel):
     """Conv1d(C->16, k3), ReLU, MaxPool(2), Conv1d(16->32, k3), ReLU, MaxPool(2), flatten,
     Linear(-> feature_size), ReLU, [features] Linear(-> n_classes).
@@ -32,6 +43,9 @@ class SimpleCNN(EcgModel):
     would shrink a length below what the next layer needs, so short inputs (e.g. a deep
     wavelet approximation of 96 samples) still build. For 9000 samples nothing is skipped.
     """
+
+    Options: ClassVar[type[PartOptions]] = FeatureSizeOptions
+    min_input_length = MIN_LENGTH
 
     def __init__(self, in_channels: int, input_length: int, n_classes: int, feature_size: int = 64):
         super().__init__(in_channels, input_length, n_classes)
@@ -74,37 +88,18 @@ class SimpleCNN(EcgModel):
         return torch.relu(self.fc(self.conv(x).flatten(1)))
 
 
-class CNNWithSVM(SimpleCNN):
-    """SimpleCNN trained with its linear head; an SVM is then fitted on its features."""
-
-    uses_svm = True
-
-
-@MODELS.register("simple_cnn")
-def build_simple_cnn(
-    in_channels: int,
-    input_length: int,
-    n_classes: int,
-    *,
-    feature_size: int,
-    width: int,
-    depth: int,
-    dropout: float,
-) -> SimpleCNN:
-    """The seed's SimpleCNN. Uses `feature_size`; ignores width, depth and dropout."""
-    return SimpleCNN(in_channels, input_length, n_classes, feature_size)
+class CnnSvmOptions(FeatureSizeOptions, SVMOptions):
+    pass
 
 
 @MODELS.register("cnn_svm")
-def build_cnn_svm(
-    in_channels: int,
-    input_length: int,
-    n_classes: int,
-    *,
-    feature_size: int,
-    width: int,
-    depth: int,
-    dropout: float,
-) -> CNNWithSVM:
-    """SimpleCNN + SVM stage (`uses_svm`). Uses `feature_size`; ignores width, depth, dropout."""
-    return CNNWithSVM(in_channels, input_length, n_classes, feature_size)
+class CNNWithSVM(SimpleCNN):
+    """SimpleCNN trained with its linear head; an SVM is then fitted on its features."""
+
+    Options = CnnSvmOptions
+    uses_svm = True
+
+    @classmethod
+    def build(cls, in_channels: int, input_length: int, n_classes: int, options: PartOptions) -> "CNNWithSVM":
+        assert isinstance(options, CnnSvmOptions)  # the SVM's options are read by the SVM stage
+        return cls(in_channels, input_length, n_classes, options.feature_size)

@@ -21,7 +21,10 @@ from the fit gets a zero column.
 
 from __future__ import annotations
 
+from typing import Literal, Union
+
 import numpy as np
+from pydantic import Field
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.base import clone
@@ -31,7 +34,18 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-__all__ = ["SVMStage", "stratified_subsample"]
+from ecg_tune.registry import PartOptions
+
+__all__ = ["SVMOptions", "SVMStage", "stratified_subsample"]
+
+
+class SVMOptions(PartOptions):
+    """The config keys of the SVM stage (read by the models that use one, e.g. cnn_svm)."""
+
+    svm_c: float = Field(1.0, gt=0)
+    svm_gamma: Union[float, Literal["scale", "auto"]] = "scale"
+    # Training records the SVM is fitted on per epoch (stratified subsample when more).
+    svm_max_train: int = Field(3000, ge=1)
 
 # Temperatures searched, as log(T): wide enough for vote-count scores (differences of 1..K).
 _LOG_T_BOUNDS = (-7.0, 7.0)

@@ -4,7 +4,8 @@ This module owns:
 - `POLICIES`: the augmentation policy registry (name -> the set of ops it applies). Each policy
   applies exactly the ops its name says; the seed notebook's `none` still added noise, shift
   and scale, and its `noise_only` / `scale_only` were not honoured.
-- `AugmentParams`: the strengths of the ops.
+- `AugmentOptions`: the config keys every policy reads (`noise_std`); `AugmentParams`: the
+  strengths of the ops; `build_augmenter`: a policy's augmenter from a config's values.
 - `BatchAugmenter`: warp -> fit to `input_length` -> circular shift -> noise -> amplitude scale,
   for a whole (B, Lmax) batch at once; `Draws`: one batch's random choices.
 - `fit_to_length`: the deterministic fit (zero pad at the end / centre trim) for evaluation.
@@ -39,19 +40,23 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from ecg_tune.errors import ConfigError
-from ecg_tune.registry import Registry
+from ecg_tune.registry import PartOptions, Registry
 
 __all__ = [
     "FITS",
     "OPS",
     "POLICIES",
+    "AugmentOptions",
     "AugmentParams",
     "BatchAugmenter",
+    "build_augmenter",
     "Draws",
     "fit_to_length",
 ]
@@ -59,7 +64,15 @@ __all__ = [
 OPS = ("warp", "shift", "noise", "scale")
 FITS = ("crop", "pad")
 
-POLICIES: Registry[frozenset[str]] = Registry("augmentation")
+
+
+class AugmentOptions(PartOptions):
+    """The config keys of every augmentation policy (the other strengths are fixed)."""
+
+    noise_std: float = Field(0.1, ge=0.0)  # in units of the per-record normalised signal
+
+
+POLICIES: Registry[frozenset[str]] = Registry("augmentation", default_options=AugmentOptions)
 POLICIES.register("all")(frozenset(OPS))
 POLICIES.register("warp_only")(frozenset({"warp"}))
 POLICIES.register("shift_only")(frozenset({"shift"}))
@@ -446,3 +459,9 @@ class BatchAugmenter:
         else:
             rows = _to(out.device, list(offsets), torch.int64)
             out.add_(bank.unfold(0, n, 1).index_select(0, rows), alpha=std)
+
+
+def build_augmenter(policy: str, input_length: int, fit: str = "pad", **options: Any) -> BatchAugmenter:
+    """The augmenter of the registered `policy`; `options` are config keys (others ignored)."""
+    typed = POLICIES.options(policy, options)
+    return BatchAugmenter(policy, input_length, fit=fit, params=AugmentParams(**typed.model_dump()))

@@ -6,6 +6,12 @@ transform is a `torch.nn.Module` whose forward uses torch ops only, so it runs o
 the batch is on (its operators are non-persistent buffers: `.to(device)` moves them, and they are
 not written into checkpoints because they are rebuilt from the config).
 
+A transform declares the config keys it reads as its `Options` (see ecg_tune/registry.py), is
+built from them by `build(input_length, options)`, and says through `option_limits` how far an
+integer option may go for a given input length (the wavelet's levels), which is how a search
+space is fitted to the data without the search knowing any transform by name. A new transform is
+one module-level class here (or in a module of its own) registered in `TRANSFORMS`.
+
 The wavelet transform reproduces `pywt.wavedec(x, wavelet, mode="symmetric", level=levels)` for
 any discrete wavelet pywt knows, without running pywt per batch. It relies on two facts:
 
@@ -32,15 +38,19 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pywt
 import torch
 from torch import Tensor, nn
 
+from pydantic import Field, field_validator
+
 from ecg_tune.errors import ConfigError
-from ecg_tune.registry import Registry
+from ecg_tune.registry import NoOptions, PartOptions, Registry
 
 __all__ = [
     "TRANSFORMS",
@@ -49,6 +59,7 @@ __all__ = [
     "WaveletTransform",
     "FourierTransform",
     "build_transform",
+    "feasible_levels",
     "max_wavelet_level",
 ]
 
@@ -63,7 +74,27 @@ class BatchTransform(nn.Module):
 
     `output_shape` is (channels, length) for the `input_length` given at construction. Inputs of
     any other length are refused with a ValueError, since the operators are built for one length.
+
+    A subclass declares its config keys as `Options` and, when an option's usable range depends
+    on the input length, names the options that range also depends on in `limited_by` and
+    overrides `option_limits`.
     """
+
+    Options: ClassVar[type[PartOptions]] = NoOptions
+    # Options (besides the input length) that option_limits reads: a search space must choose
+    # them before the options they limit.
+    limited_by: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def build(cls, input_length: int, options: PartOptions) -> "BatchTransform":
+        """The transform for `input_length`-sample inputs with these (validated) options."""
+        return cls(input_length, **options.model_dump())
+
+    @classmethod
+    def option_limits(cls, input_length: int, options: Mapping[str, Any], min_output: int) -> dict[str, int]:
+        """The largest usable value of each integer option that has one, for this input length,
+        the other options in `options`, and an output of at least `min_output` samples."""
+        return {}
 
     def __init__(self, input_length: int) -> None:
         super().__init__()
@@ -100,6 +131,10 @@ class IdentityTransform(BatchTransform):
         return x.unsqueeze(1)
 
 
+class FourierOptions(PartOptions):
+    fourier_log: bool = False  # log1p of the magnitude spectrum
+
+
 @TRANSFORMS.register("fourier")
 class FourierTransform(BatchTransform):
     """Magnitude spectrum |rfft(x)|: (B, L) -> (B, 1, L // 2 + 1); `log=True` gives log1p of it.
@@ -107,6 +142,13 @@ class FourierTransform(BatchTransform):
     log1p keeps zero at zero and compresses the large low-frequency (baseline) peaks that would
     otherwise dominate the input scale.
     """
+
+    Options = FourierOptions
+
+    @classmethod
+    def build(cls, input_length: int, options: PartOptions) -> "FourierTransform":
+        assert isinstance(options, FourierOptions)
+        return cls(input_length, log=options.fourier_log)
 
     def __init__(self, input_length: int, *, log: bool = False) -> None:
         super().__init__(input_length)
@@ -140,12 +182,12 @@ class FourierTransform(BatchTransform):
 # Wavelet: validation and the cached linear-operator plan
 
 
-def _discrete_wavelet(wavelet: object) -> pywt.Wavelet:
-    """The pywt wavelet named `wavelet`, or a one-line ConfigError naming the key."""
+def _wavelet_problem(wavelet: object) -> str | None:
+    """Why `wavelet` cannot be decomposed with (None if it is a discrete pywt wavelet)."""
     if not isinstance(wavelet, str):
-        raise ConfigError(f"wavelet={wavelet!r} must be a wavelet name such as 'db2'")
+        return "must be a wavelet name such as 'db2'"
     if wavelet in pywt.wavelist(kind="discrete"):
-        return pywt.Wavelet(wavelet)
+        return None
     try:
         # Parametrised continuous names ("cmor1.5-1.0") are not in the list but construct;
         # a bare "cmor" constructs with a deprecation warning that is noise here.
@@ -153,14 +195,17 @@ def _discrete_wavelet(wavelet: object) -> pywt.Wavelet:
             warnings.simplefilter("ignore")
             pywt.ContinuousWavelet(wavelet)
     except (ValueError, TypeError):
-        raise ConfigError(
-            f"wavelet={wavelet!r} is not a discrete wavelet pywt knows "
-            f"(e.g. haar, db2, sym4, coif1, bior2.2; see pywt.wavelist(kind='discrete'))"
-        ) from None
-    raise ConfigError(
-        f"wavelet={wavelet!r} is a continuous wavelet; the decomposition needs a discrete "
-        f"one (e.g. haar, db2, sym4, coif1, bior2.2)"
-    )
+        return ("is not a discrete wavelet pywt knows (e.g. haar, db2, sym4, coif1, bior2.2; "
+                "see pywt.wavelist(kind='discrete'))")
+    return "is a continuous wavelet; the decomposition needs a discrete one (e.g. haar, db2, sym4, coif1, bior2.2)"
+
+
+def _discrete_wavelet(wavelet: object) -> pywt.Wavelet:
+    """The pywt wavelet named `wavelet`, or a one-line ConfigError naming the key."""
+    problem = _wavelet_problem(wavelet)
+    if problem is not None:
+        raise ConfigError(f"wavelet={wavelet!r} {problem}")
+    return pywt.Wavelet(wavelet)
 
 
 def max_wavelet_level(input_length: int, wavelet: str) -> int:
@@ -379,8 +424,38 @@ def _aligned_index(plan: _WaveletPlan) -> tuple[np.ndarray, int]:
     return index, int(p_first)
 
 
+def _approx_length(input_length: int, wavelet: str, level: int) -> int:
+    length, filter_length = input_length, pywt.Wavelet(wavelet).dec_len
+    for _ in range(level):
+        length = pywt.dwt_coeff_len(length, filter_length, "symmetric")
+    return length
+
+
+def feasible_levels(input_length: int, wavelet: str, min_output: int) -> int:
+    """The deepest level pywt allows whose approximation still has `min_output` samples
+    (at least 1: only wavelets far longer than the input reach 0)."""
+    level = max_wavelet_level(input_length, wavelet)
+    while level > 1 and _approx_length(input_length, wavelet, level) < min_output:
+        level -= 1
+    return max(1, level)
+
+
 # ----------------------------------------------------------------------------------------------
 # Wavelet module
+
+
+class WaveletOptions(PartOptions):
+    wavelet: str = "db2"  # a discrete mother wavelet pywt knows
+    levels: int = Field(6, ge=1)  # decomposition depth
+    wavelet_output: Literal["approx", "bands"] = "approx"
+
+    @field_validator("wavelet")
+    @classmethod
+    def _discrete(cls, value: str) -> str:
+        problem = _wavelet_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r} {problem}")
+        return value
 
 
 @TRANSFORMS.register("wavelet")
@@ -401,6 +476,14 @@ class WaveletTransform(BatchTransform):
     i.e. input time about 2 * (i + grid_start). `band_index[c, i]` gives the coefficient shown
     at position i of channel c and `split_bands` undoes the layout.
     """
+
+    Options = WaveletOptions
+    limited_by = ("wavelet",)
+
+    @classmethod
+    def option_limits(cls, input_length: int, options: Mapping[str, Any], min_output: int) -> dict[str, int]:
+        wavelet = str(options.get("wavelet", WaveletOptions.model_fields["wavelet"].default))
+        return {"levels": feasible_levels(input_length, wavelet, min_output)}
 
     def __init__(
         self,
@@ -584,25 +667,12 @@ class WaveletTransform(BatchTransform):
         )
 
 
-def build_transform(
-    name: str,
-    input_length: int,
-    *,
-    wavelet: str = "db2",
-    levels: int = 6,
-    wavelet_output: str = "approx",
-    fourier_log: bool = False,
-) -> BatchTransform:
+def build_transform(name: str, input_length: int, **options: Any) -> BatchTransform:
     """The transform registered as `name`, built for `input_length`-sample inputs.
 
-    Options that do not apply to the named transform are ignored (a search space sets them for
-    every trial); unknown names and unusable values raise a one-line ConfigError.
+    `options` are config keys: those the named transform does not read are ignored (a config
+    carries every transform's options); unknown names and unusable values raise a one-line
+    ConfigError.
     """
     cls = TRANSFORMS.get(name)
-    if cls is WaveletTransform:
-        return WaveletTransform(
-            input_length, wavelet=wavelet, levels=levels, wavelet_output=wavelet_output
-        )
-    if cls is FourierTransform:
-        return FourierTransform(input_length, log=fourier_log)
-    return cls(input_length)
+    return cls.build(input_length, TRANSFORMS.options(name, options))

@@ -27,8 +27,8 @@ from torch import nn
 from ecg_tune.config import TrainConfig
 from ecg_tune.data.tensors import TensorData
 from ecg_tune.errors import ConfigError
-from ecg_tune.models.svm import SVMStage, stratified_subsample
-from ecg_tune.signal.augment import AugmentParams, BatchAugmenter
+from ecg_tune.models.svm import SVMOptions, SVMStage, stratified_subsample
+from ecg_tune.signal.augment import BatchAugmenter, build_augmenter
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities, window_outputs
 from ecg_tune.training.metrics import classification_metrics
@@ -89,8 +89,8 @@ def fit(
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
     criterion = nn.CrossEntropyLoss(weight=_class_weights(config, data.labels[train_index], n_classes, device))
-    augmenter = BatchAugmenter(config.augmentation, input_length, fit=config.fit,
-                               params=AugmentParams(noise_std=config.noise_std))
+    augmenter = build_augmenter(config.augmentation, input_length, fit=config.fit,
+                                **config.part_options("augmentation"))
 
     start_epoch, best_loss, stale, history = 0, float("inf"), 0, []
     svm = None
@@ -192,13 +192,16 @@ def _validate(config: TrainConfig, network: Network, svm: SVMStage | None, data:
 def _fit_svm(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
              epoch: int, device: torch.device) -> SVMStage:
     """The SVM stage on the extractor's features of (a stratified subsample of) the training records."""
-    subset = train_index[stratified_subsample(data.labels[train_index], config.svm_max_train,
+    options = config.options_for("model")
+    if not isinstance(options, SVMOptions):
+        raise ConfigError(f"model {config.model} uses an SVM stage but does not declare SVMOptions")
+    subset = train_index[stratified_subsample(data.labels[train_index], options.svm_max_train,
                                               seed=config.seed + epoch)]
     features, owners = window_outputs(network, data, subset, config.normalisation,
                                       config.window_overlap, device, features=True)
     window_labels = data.labels[subset][owners]
     # Every window of the chosen records is a training row; SVMStage's own cap keeps the fit bounded.
-    return SVMStage(C=config.svm_c, gamma=config.svm_gamma, max_train=2 * config.svm_max_train,
+    return SVMStage(C=options.svm_c, gamma=options.svm_gamma, max_train=2 * options.svm_max_train,
                     seed=config.seed).fit(features, window_labels, n_classes=len(data.classes))
 
 

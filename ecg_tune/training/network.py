@@ -12,7 +12,7 @@ from torch import nn
 
 from ecg_tune.config import TrainConfig
 from ecg_tune.models import build_model
-from ecg_tune.signal.transforms import build_transform
+from ecg_tune.signal.transforms import TRANSFORMS
 
 
 class Network(nn.Module):
@@ -39,24 +39,9 @@ class Network(nn.Module):
 
 
 def build_network(config: TrainConfig, input_length: int, n_classes: int) -> Network:
-    """The network a config describes, for inputs of `input_length` samples."""
-    transform = build_transform(
-        config.transform,
-        input_length,
-        wavelet=config.wavelet,
-        levels=config.levels,
-        wavelet_output=config.wavelet_output,
-        fourier_log=config.fourier_log,
-    )
+    """The network a config describes, for inputs of `input_length` samples: the transform and
+    the model it names, each built from its own options."""
+    transform = TRANSFORMS.get(config.transform).build(input_length, config.options_for("transform"))
     channels, length = transform.output_shape
-    model = build_model(
-        config.model,
-        channels,
-        length,
-        n_classes,
-        feature_size=config.feature_size,
-        width=config.width,
-        depth=config.depth,
-        dropout=config.dropout,
-    )
+    model = build_model(config.model, channels, length, n_classes, **config.part_options("model"))
     return Network(transform, model, input_length)

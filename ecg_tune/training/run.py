@@ -29,10 +29,9 @@ def train_one(config: TrainConfig, dataset: Dataset, out: Path | None = None,
     metric = ranking_metric(tensors.classes)
     input_length = resolve_input_length(config, tensors, train_index)
     print(f"data: {dataset.summary()}", file=stream)
-    print(f"config: model {config.model}, transform {config.transform}"
-          + (f" ({config.wavelet}, levels {config.levels}, {config.wavelet_output})" if config.transform == "wavelet" else "")
-          + f", augmentation {config.augmentation}, fit {config.fit}, input length {input_length}, "
-          f"{config.epochs} epochs", file=stream)
+    print(f"config: model {config.model}{_options(config, 'model')}, transform {config.transform}"
+          f"{_options(config, 'transform')}, augmentation {config.augmentation}, fit {config.fit}, "
+          f"input length {input_length}, {config.epochs} epochs", file=stream)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_split(dataset.records, dataset.split, out / "split.csv")
@@ -50,3 +49,9 @@ def train_one(config: TrainConfig, dataset: Dataset, out: Path | None = None,
             (out / "history.json").write_text(json.dumps(history, indent=2))
             torch.save(result.state(), out / "checkpoint.pt")
     return history
+
+
+def _options(config: TrainConfig, key: str) -> str:
+    """The options of the part named under `key`, as ` (name value, ...)` (empty if none)."""
+    options = config.part_options(key)
+    return f" ({', '.join(f'{k} {v}' for k, v in options.items())})" if options else ""
