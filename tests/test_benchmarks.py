@@ -186,3 +186,29 @@ def test_quality_on_a_search_without_refit_says_what_to_run(tmp_path: Path, caps
     (tmp_path / "best_config.json").write_text("{}")
     assert main(["benchmark", "quality", "--run", str(tmp_path)]) == 2
     assert "refit the search first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_ptwt", [True, False])
+def test_dwt_alone_measures_every_implementation_and_skips_a_missing_ptwt(with_ptwt: bool, monkeypatch) -> None:
+    import sys
+
+    from ecg_tune.benchmarks.pipeline import dwt_table, run_dwt_benchmark
+
+    if with_ptwt:
+        pytest.importorskip("ptwt", reason="ptwt is in the optional benchmark extra")
+    else:
+        monkeypatch.setitem(sys.modules, "ptwt", None)  # import ptwt now raises ImportError
+    lines: list[str] = []
+    result = run_dwt_benchmark(300, 4, 1, (("db2", 3, "approx"), ("sym4", 2, "bands")),
+                               seconds_per_measurement=0.001, log=lines.append)
+    assert ("ptwt is not installed" in lines[0]) is not with_ptwt
+    for case in result["cases"].values():
+        assert case["custom_samples_per_s"] > 0 and case["pywt_samples_per_s"] > 0
+        assert case["custom_max_abs_diff"] < 1e-4
+        assert ("ptwt_samples_per_s" in case) is with_ptwt
+        if with_ptwt:
+            assert case["ptwt_max_abs_diff"] < 1e-4 and case["ptwt_float64_max_abs_diff"] < 1e-10
+    assert ("ptwt_aligned_samples_per_s" in result["cases"]["sym4 L2 bands"]) is with_ptwt
+    text = dwt_table(result)
+    assert "db2 L3 approx" in text and "sym4 L2 bands" in text
+    assert ("ptwt not installed" in text) is not with_ptwt

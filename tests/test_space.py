@@ -14,17 +14,10 @@ import pytest
 
 from ecg_tune.config import make_config
 from ecg_tune.errors import ConfigError
-from ecg_tune.search.space import (
-    SHIPPED_DIR,
-    DataFacts,
-    adapt,
-    define_by_run,
-    describe,
-    grid,
-    load_space,
-    shipped_names,
-    optuna_trial_values,
-)
+from ecg_tune.search.adapt import DataFacts, adapt
+from ecg_tune.search.describe import describe
+from ecg_tune.search.samplers import define_by_run, grid, optuna_trial_values
+from ecg_tune.search.space_file import load_space, shipped_names, shipped_spaces
 from ecg_tune.signal.transforms import max_wavelet_level
 
 UCR_LIKE = DataFacts(n_records=200, min_length=96, median_length=96, max_length=96, classes=["-1", "1"])
@@ -71,9 +64,9 @@ def test_shipped_space_adapts(name: str, facts: DataFacts) -> None:
     assert space.shipped and space.name == name and space.description
     eff = adapt(space, facts)
     assert adapt(eff, facts) == eff  # idempotent
-    for p in eff.parameters.values():
+    for key, p in eff.parameters.items():
         for v in p.possible():
-            make_config({p.name: v})
+            make_config({key: v})
     if "input_length" in eff.parameters:
         assert max(eff.parameters["input_length"].possible()) <= facts.max_length
     text = describe(space, facts)
@@ -84,20 +77,21 @@ def test_shipped_space_caps_for_short_data() -> None:
     full = adapt(load_space("full"), UCR_LIKE)
     assert full.parameters["input_length"].values == (96,)
     levels = full.parameters["levels"]
-    # db2 and coif1 keep an 8-sample approximation (what every model accepts) down to level 4.
-    assert (levels.low, levels.high) == (3, 4)
+    # db2 keeps a 5-sample approximation of 96 samples (simple_cnn's shortest input, the
+    # longest minimum of the space's models) down to level 5.
+    assert (levels.low, levels.high) == (3, 5)
     assert "capped" in describe(load_space("full"), UCR_LIKE)
     smoke = adapt(load_space("smoke"), UCR_LIKE)
     assert smoke.parameters["input_length"].value == 96
 
 
 def test_shipped_space_loaded_by_path_is_shipped() -> None:
-    space = load_space(str(SHIPPED_DIR / "smoke.yaml"))
+    space = load_space(str(shipped_spaces() / "smoke.yaml"))
     assert space.shipped and space.where == "search_spaces/smoke.yaml"
 
 
 def test_settings_and_defaults() -> None:
-    full = load_space("full").settings
+    full = load_space("full").search
     assert full.searcher == "optuna" and full.grace_period <= full.max_epochs
     assert full.time_budget is not None and full.time_budget > 0
     assert load_space("seed_grid").settings.max_epochs == 1
@@ -107,7 +101,7 @@ def test_settings_defaults_when_absent(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("model: simple_cnn\nlr: {type: float, low: 1e-4, high: 1e-2, log: true}\n")
     space = load_space(str(path))
-    s = space.settings
+    s = space.search
     assert (s.max_epochs, s.grace_period, s.reduction_factor, s.num_samples, s.searcher) == (8, 1, 3, 20, "optuna")
     assert not space.shipped and s.time_budget is None
     assert space.parameters["lr"].low == 1e-4  # `1e-4` is a number, not YAML 1.1's string
@@ -173,8 +167,9 @@ def test_levels_choice_clamped_per_trial() -> None:
         if config["transform"] == "wavelet":
             seen.add((config["wavelet"], config["levels"]))
         study.tell(trial, 0.0)
-    # 40 samples: db2's level 3 approximation would be 7 samples, below the models' minimum 8.
-    assert ("db2", 2) in seen and all(lv <= 2 for w, lv in seen if w == "db2")
+    # 40 samples: pywt allows db2 at most level 3 (a 7-sample approximation, enough for
+    # simple_cnn's 5): deeper choices are clamped to 3.
+    assert ("db2", 3) in seen and all(lv <= 3 for w, lv in seen if w == "db2")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,9 +188,10 @@ def test_seed_grid_has_72_configs() -> None:
 
 
 def test_seed_grid_on_short_data_drops_duplicates() -> None:
-    # 96 samples: levels 6 and 4 both become 4 for db2 and 3 for haar (approximations of at
-    # least 8 samples), so each wavelet's two grid points collapse into one.
-    assert len(grid(load_space("seed_grid"), UCR_LIKE)) == 48
+    # 96 samples, keeping the 5 samples simple_cnn needs: haar's levels 6 and 4 both become 4,
+    # so its two grid points collapse into one; db2's become 5 and 4 and stay apart. On 40
+    # samples both wavelets collapse (db2 and haar at most level 3).
+    assert len(grid(load_space("seed_grid"), UCR_LIKE)) == 60
     rows = grid(load_space("seed_grid"), TINY)
     assert len(rows) == 48
     for row in rows:
@@ -204,7 +200,7 @@ def test_seed_grid_on_short_data_drops_duplicates() -> None:
 
 
 def test_grid_refuses_ranges() -> None:
-    with pytest.raises(ConfigError, match=r"full\.yaml: depth: a grid takes only choices"):
+    with pytest.raises(ConfigError, match=r"full\.yaml: depth: a grid space \(search: searcher: grid\) takes only choices"):
         grid(load_space("full"), CINC_LIKE)
 
 
@@ -227,7 +223,7 @@ def test_user_input_length_too_long(tmp_path: Path) -> None:
 
 def test_user_copy_of_shipped_space_is_strict(tmp_path: Path) -> None:
     copy = tmp_path / "seed_grid.yaml"
-    shutil.copy(SHIPPED_DIR / "seed_grid.yaml", copy)
+    shutil.copy(shipped_spaces() / "seed_grid.yaml", copy)
     with pytest.raises(ConfigError, match=r"seed_grid\.yaml: input_length:"):
         adapt(load_space(str(copy)), UCR_LIKE)
     assert adapt(load_space("seed_grid"), UCR_LIKE).parameters["input_length"].value == 96
@@ -240,13 +236,13 @@ def test_user_levels_too_deep(tmp_path: Path) -> None:
         "wavelet: {type: choice, values: [haar, db4]}\n"
         "levels: {type: int, low: 2, high: 4}\n"
     ))
-    with pytest.raises(ConfigError, match=r"levels: 4 is deeper than this data allows: at most 3 for input length 96"):
+    with pytest.raises(ConfigError, match=r"levels: 4 is more than this data allows: at most 3 for input length 96 with wavelet db4"):
         adapt(load_space(path), UCR_LIKE)
 
 
 def test_user_default_levels_too_deep(tmp_path: Path) -> None:
     path = _user_space(tmp_path, "input_length: 40\ntransform: wavelet\n")
-    with pytest.raises(ConfigError, match=r"levels: 6 \(TrainConfig's default"):
+    with pytest.raises(ConfigError, match=r"levels: 6 \(the default; add it to the space\) is more than this data allows"):
         adapt(load_space(path), TINY)
 
 
@@ -279,7 +275,7 @@ BAD = {
     "unknown_wavelet": ("wavelet: {type: choice, values: [db2, nosuch]}\n", r"wavelet: 'nosuch' is not a discrete wavelet"),
     "unknown_transform": ("transform: {type: choice, values: [none, stft]}\n", r"transform: unknown transform 'stft'"),
     "unknown_augmentation": ("augmentation: everything\n", r"augmentation: unknown augmentation 'everything'"),
-    "value_out_of_range": ("dropout: {type: float, low: 0.0, high: 1.0}\n", r"dropout: dropout must be in \[0, 1\)"),
+    "value_out_of_range": ("dropout: {type: float, low: 0.0, high: 1.0}\n", r"dropout: Input should be less than 1"),
     "wrong_value_type": ("batch_size: {type: constant, value: big}\n", r"batch_size: Input should be a valid integer"),
     "float_for_int_key": ("levels: {type: float, low: 2, high: 4}\n", r"levels: type: levels is a whole number; use type: int"),
     "plain_list": ("model: [simple_cnn, cnn_svm]\n", r"model: a plain list is not a parameter"),

@@ -81,8 +81,9 @@ class BatchTransform(nn.Module):
     """
 
     Options: ClassVar[type[PartOptions]] = NoOptions
-    # Options (besides the input length) that option_limits reads: a search space must choose
-    # them before the options they limit.
+    # Integer options whose largest usable value depends on the input length (option_limits),
+    # and the other options that limit reads: a search space chooses those first.
+    limited_options: ClassVar[tuple[str, ...]] = ()
     limited_by: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
@@ -478,6 +479,7 @@ class WaveletTransform(BatchTransform):
     """
 
     Options = WaveletOptions
+    limited_options = ("levels",)
     limited_by = ("wavelet",)
 
     @classmethod

@@ -1,0 +1,117 @@
+"""What the searchers take from a space: Optuna's define-by-run function, and the grid.
+
+Both respect the space's conditions and cap each trial's limited options (the wavelet's levels)
+at what its own input length and options allow (search/adapt.py's `trial_limits`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from ecg_tune.config import default_value
+from ecg_tune.errors import ConfigError
+from ecg_tune.search.adapt import DataFacts, adapt, space_min_input, trial_limits
+from ecg_tune.search.space import Choice, Constant, IntRange, SearchSpace, check_grid
+
+if TYPE_CHECKING:  # optuna is only needed by the caller that runs a study
+    import optuna
+
+__all__ = ["DefineByRun", "define_by_run", "grid", "grid_points", "optuna_trial_values"]
+
+
+class DefineByRun:
+    """The define-by-run function for `OptunaSearch(space=...)`; a class so it pickles.
+
+    Calls `trial.suggest_*` for each present parameter, in order, and returns the constants
+    (Ray merges the returned dict over the suggested values).
+
+    Limited options: Optuna 5.0 accepts an int parameter whose low/high change from trial to
+    trial (storage only checks the distribution's kind and log flag; TPE fits its Parzen
+    estimator within the range asked now), so an int range is suggested within
+    [min(low, cap), min(high, cap)], cap being the trial's limit: every suggestion is feasible
+    and is what Optuna records. A categorical's choices must NOT change between trials (Optuna
+    raises), so a choice or constant is suggested from the fixed list and, if beyond this
+    trial's limit, clamped in the returned dict (Optuna then records the unclamped value; the
+    trial runs the clamped one).
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.min_input = space_min_input(space.parameters)
+
+    def __call__(self, trial: "optuna.trial.Trial") -> dict[str, Any]:
+        facts = self.space.adapted_facts
+        chosen: dict[str, Any] = {}
+        constants: dict[str, Any] = {}
+        for key, p in self.space.parameters.items():
+            if not p.active(chosen):
+                continue
+            if isinstance(p, Constant):
+                chosen[key] = constants[key] = p.value
+            elif isinstance(p, Choice):
+                chosen[key] = trial.suggest_categorical(key, list(p.values))  # type: ignore[arg-type]
+            elif isinstance(p, IntRange):
+                high = min(p.high, trial_limits(chosen, facts, self.min_input).get(key, p.high))
+                chosen[key] = trial.suggest_int(key, min(p.low, high), high, step=p.step, log=p.log)
+            else:
+                chosen[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
+        constants.update(_clamped(chosen, facts, self.min_input))
+        return constants
+
+
+def define_by_run(space: SearchSpace, facts: DataFacts) -> DefineByRun:
+    """The `space=` argument of OptunaSearch for this space on this data.
+
+    A trial's config is `{**trial.params, **returned}`; keys whose condition failed are absent.
+    """
+    return DefineByRun(adapt(space, facts))
+
+
+def optuna_trial_values(params: dict[str, Any], returned: dict[str, Any] | None) -> dict[str, Any]:
+    """A trial's config as Ray builds it: suggested values, then the returned dict over them."""
+    return {**params, **(returned or {})}
+
+
+def grid(space: SearchSpace, facts: DataFacts) -> list[dict[str, Any]]:
+    """Every combination of the choice values, conditions respected, constants included.
+
+    A parameter whose condition fails does not multiply the grid. Each config's limited options
+    are capped for its input length and options; configs that become equal (short data) are
+    kept once, so a grid may have fewer points than on long data (`grid_points` says how many
+    were merged).
+    """
+    return grid_points(space, facts)[0]
+
+
+def grid_points(space: SearchSpace, facts: DataFacts) -> tuple[list[dict[str, Any]], int]:
+    """The grid and the number of its configs that became duplicates after capping."""
+    space = adapt(space, facts)
+    try:
+        check_grid(space)
+    except ValueError as exc:
+        raise ConfigError(f"{space.where}: {exc}") from None
+    rows: list[dict[str, Any]] = [{}]
+    for key, p in space.parameters.items():
+        grown: list[dict[str, Any]] = []
+        for row in rows:
+            if p.active(row):
+                grown.extend({**row, key: value} for value in p.possible())
+            else:
+                grown.append(row)
+        rows = grown
+    min_input = space_min_input(space.parameters)
+    unique: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        row = {**row, **_clamped(row, facts, min_input)}
+        unique.setdefault(json.dumps(row, sort_keys=True), row)
+    return list(unique.values()), len(rows) - len(unique)
+
+
+def _clamped(chosen: dict[str, Any], facts: DataFacts, min_input: int) -> dict[str, Any]:
+    """The trial's limited options (chosen or default) that exceed its limits, at the limit."""
+    out = {}
+    for key, limit in trial_limits(chosen, facts, min_input).items():
+        if chosen.get(key, default_value(key)) > limit:
+            out[key] = limit
+    return out
