@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ecg_tune.errors import EcgTuneError
 
@@ -44,99 +44,58 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ecg_tune.config import load_config, make_config
-    from ecg_tune.data import prepare
-    from ecg_tune.training.run import train_one
+    from ecg_tune.pipeline import run_train, train_options
 
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.seed is not None:
         overrides["seed"] = args.seed
-    config = load_config(args.config, overrides) if args.config else make_config(overrides, where="--set")
-    data, split = args.data, args.split
-    search_result = _search_result(args.config)
-    if search_result is not None:
-        # A search's best_config.json: reproduce the trial on its data and its split.
-        data = data or search_result.get("data")
-        sibling = Path(args.config).parent / "split.csv"
-        if split is None and sibling.is_file() and data == search_result.get("data"):
-            split = str(sibling)
-            print(f"using the search's split {split}")
-        if args.threads is None and search_result.get("threads"):
-            args.threads = int(search_result["threads"])
-            print(f"using {args.threads} thread(s), as the trial did")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    dataset = prepare(data or "synthetic", label_column=args.label_column, split_file=split, seed=config.seed)
-    train_one(config, dataset, out=Path(args.out) if args.out else None, device=args.device)
+    run_train(train_options(args.config, overrides, args.data, label_column=args.label_column,
+                            split_file=args.split, threads=args.threads,
+                            out=Path(args.out) if args.out else None, device=args.device))
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     import time
 
-    import torch
+    from ecg_tune.pipeline import DataOptions, PipelineOptions, RefitOptions, run_pipeline
+    from ecg_tune.search.space_file import load_space
+    from ecg_tune.search.tuner import SearchOptions
 
-    from ecg_tune.data import prepare
-    from ecg_tune.data.split import save_split
-    from ecg_tune.search.space import adapt, describe, load_space
-    from ecg_tune.search.tuner import SearchOptions, data_facts, make_plan
-
-    space = load_space(args.space)  # a bad space file fails before any data is read
+    space = load_space(args.space)  # a bad space file fails before anything else
     if args.resume and not args.out:
         raise EcgTuneError("--resume needs the --out folder of the search to continue")
     out = Path(args.out or f"runs/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    options = SearchOptions(
-        out=out, num_samples=args.num_samples, max_epochs=args.max_epochs, time_budget=args.time_budget,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, searcher=args.searcher, scheduler=args.scheduler,
-        metric=args.metric, seed=args.seed, address=args.address, storage=args.storage,
-        optuna_storage=args.optuna_storage, keep_checkpoints=args.keep_checkpoints,
-        dashboard=args.dashboard, resume=args.resume, reuse_actors=not args.new_worker_per_trial)
-    options.check()
-    split_file = out / "split.csv" if args.resume and (out / "split.csv").is_file() else None
-    dataset = prepare(args.data, label_column=args.label_column, split_file=split_file, seed=args.seed)
-    facts = data_facts(dataset)
-    space = adapt(space, facts)
-    if args.metric and args.metric not in _known_metrics(dataset.records.classes):
-        raise EcgTuneError(f"--metric {args.metric}: not reported; choose one of "
-                           f"{', '.join(_known_metrics(dataset.records.classes))}")
-    print(f"data: {dataset.summary()}")
-    if args.dry_run:
-        print(describe(space, facts))
-        where = f"the cluster at {args.address}" if args.address else "this machine"
-        cpus, gpus = (os.cpu_count() or 1), (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-        plan = make_plan(options, space, facts, cpus, gpus)
-        print(f"plan on {where} ({cpus} CPUs, {gpus} GPUs): {plan.describe()}")
-        print(f"results would go to {out}")
-        return 0
-    from ecg_tune.search.export import write_results
-    from ecg_tune.search.tuner import run_search
-
-    out.mkdir(parents=True, exist_ok=True)
-    if split_file is None:
-        save_split(dataset.records, dataset.split, out / "split.csv")
-    results, plan = run_search(options, space, dataset)
-    best = write_results(results, out, plan.metric, plan.max_epochs, args.seed, args.data,
-                         threads=max(1, int(plan.cpus_per_trial)))
-    print(f"best {plan.metric} {best['metrics'][plan.metric]:.4f} at epoch {best['epoch']} "
-          f"(trial {best['trial_id']}): {json.dumps(best['config'], default=str)}")
-    print(f"results in {out}: best_config.json, trials.csv, trials.parquet, split.csv, experiment/")
-    if not args.no_refit:
-        from ecg_tune.refit import run_refit
-
-        run_refit(out, cpus=args.cpus_per_trial, gpus=plan.gpus_per_trial)
+    search = options_from_args(SearchOptions, args, out=out, reuse_actors=not args.new_worker_per_trial)
+    refit = None if args.no_refit else options_from_args(RefitOptions, args, cpus=args.cpus_per_trial, gpus=None)
+    run_pipeline(PipelineOptions(search=search, space=space, refit=refit, dry_run=args.dry_run,
+                                 data=DataOptions(args.data, args.label_column, seed=args.seed)))
     return 0
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
-    from ecg_tune.refit import run_refit
+    from ecg_tune.pipeline import RefitOptions, run_refit
+    from ecg_tune.runs import RunFolder
 
-    run_refit(Path(args.run), cpus=args.cpus, gpus=args.gpus)
+    run_refit(RunFolder(args.run), options_from_args(RefitOptions, args))
     return 0
+
+
+def options_from_args(model: Any, args: argparse.Namespace, **given: Any) -> Any:
+    """A pydantic options model from the parsed arguments of the same names (plus `given`);
+    a value out of its bounds is a one-line error naming the flag."""
+    from pydantic import ValidationError
+
+    values = {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
+    values.update(given)
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "options"
+        raise EcgTuneError(f"{flag}: {error['msg'].removeprefix('Value error, ')}, got {error.get('input')!r}") from None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -178,13 +137,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(args.inputs)} input(s) failed; {len(rows)} record(s) classified", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _known_metrics(classes: list[str]) -> list[str]:
-    from ecg_tune.training.metrics import has_cinc_classes
-
-    names = ["val_accuracy", "val_macro_f1"] + (["val_cinc_f1"] if has_cinc_classes(classes) else [])
-    return names + [f"val_f1_{c}" for c in classes]
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -258,7 +210,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         from ecg_tune.benchmarks import quality
 
         run_dir = Path(args.run).resolve() if args.run else _quality_search(
-            args, dataset(), source, (Path("runs") / f"benchmark-quality-{stamp}").resolve())
+            args, dataset(), (Path("runs") / f"benchmark-quality-{stamp}").resolve())
         result = quality.run_quality_benchmark(run_dir, n_kernels=1000 if args.quick else args.kernels,
                                                cpus=_all_cpus())
         result["seed_grid_val"] = _seed_grid_figure(out)
@@ -272,20 +224,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quality_search(args: argparse.Namespace, dataset, source: str, run_dir: Path) -> Path:
+def _quality_search(args: argparse.Namespace, dataset: Any, run_dir: Path) -> Path:
     """The `full` search (with its refit) that `benchmark quality` measures, within --search-budget."""
-    from ecg_tune.data.split import save_split
-    from ecg_tune.refit import run_refit
-    from ecg_tune.search.export import write_results
-    from ecg_tune.search.space import adapt, load_space
-    from ecg_tune.search.tuner import SearchOptions, data_facts, run_search
+    from ecg_tune.pipeline import PipelineOptions, RefitOptions, run_pipeline
+    from ecg_tune.search.tuner import SearchOptions
 
     budget = 90.0 if args.quick else args.search_budget
-    options = SearchOptions(out=run_dir, time_budget=budget, num_samples=args.search_trials)
-    save_split(dataset.records, dataset.split, run_dir / "split.csv")
-    results, plan = run_search(options, adapt(load_space("full"), data_facts(dataset)), dataset)
-    write_results(results, run_dir, plan.metric, plan.max_epochs, options.seed, source)
-    run_refit(run_dir, cpus=_all_cpus())  # the refit runs alone: all cores
+    search = SearchOptions(out=run_dir, time_budget=budget, num_samples=args.search_trials)
+    # The refit runs alone: all cores.
+    run_pipeline(PipelineOptions(search=search, space="full", refit=RefitOptions(cpus=_all_cpus())), dataset=dataset)
     return run_dir
 
 
@@ -323,17 +270,6 @@ def _plain(value):
 DEFAULT_BENCHMARK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cinc2017" / "training2017"
 
 
-def _search_result(path: str | None) -> dict | None:
-    """The contents of a search's best_config.json, or None for a plain config file."""
-    if not path or not path.endswith(".json") or not Path(path).is_file():
-        return None
-    try:
-        content = json.loads(Path(path).read_text())
-    except ValueError:
-        return None  # load_config reports the parse error
-    return content if isinstance(content, dict) and isinstance(content.get("config"), dict) else None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecg-tune", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -365,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
     search.add_argument("--searcher", choices=["optuna", "random"], default="optuna")
     search.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
-    search.add_argument("--metric", help="metric to maximise (default: val_cinc_f1 with N, A, O classes, else val_macro_f1)")
+    search.add_argument("--metric", help="metric that ranks trials, in its own direction (val_loss: lowest wins; "
+                                         "default: val_cinc_f1 with N, A, O classes, else val_macro_f1)")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--address", help="attach to this Ray cluster instead of starting one")
     search.add_argument("--storage", help="experiment storage every node sees (path or URI; default: --out)")

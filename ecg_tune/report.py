@@ -21,7 +21,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_fscore_support
 
-from ecg_tune.training.metrics import CINC_CLASSES, classification_metrics, has_cinc_classes
+from ecg_tune.training.metrics import (
+    CINC_CLASSES,
+    best_index,
+    best_value,
+    classification_metrics,
+    direction,
+    has_cinc_classes,
+    running_best,
+)
 
 # Resampled labels are processed in chunks of about this many entries, so that a large test set
 # with many resamples does not build one huge index matrix.
@@ -256,7 +264,7 @@ def plot_training_curves(refit_history: list[dict], best_trial: pd.DataFrame | N
         ax_best.set_xlabel("epoch")
         ax_best.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_best.set_ylabel(metric)
-        peak = int(np.nanargmin(values) if _lower_is_better(metric) else np.nanargmax(values))
+        peak = best_index(metric, values)
         # The refit trains for the epoch count at which the trial peaked: show where that is.
         ax_best.axvline(epochs[peak], color="tab:orange", linestyle="--", linewidth=1,
                         label=f"best epoch {epochs[peak]:g}")
@@ -323,7 +331,7 @@ def plot_search_overview(trials: pd.DataFrame, histories: dict[str, pd.DataFrame
 
 def _best_so_far_panel(ax, trials: pd.DataFrame, histories: dict[str, pd.DataFrame],
                        metric: str) -> None:
-    lower = _lower_is_better(metric)
+    lower = direction(metric) == "min"
     events = timed_reports(histories, metric)
     if events is not None:
         x, y = events
@@ -336,7 +344,7 @@ def _best_so_far_panel(ax, trials: pd.DataFrame, histories: dict[str, pd.DataFra
         _no_data(ax)
         ax.set_title("Best so far")
         return
-    best = np.minimum.accumulate(y) if lower else np.maximum.accumulate(y)
+    best = running_best(metric, y)
     ax.scatter(x, y, s=10, color="0.6", alpha=0.6, label="reported")
     ax.step(x, best, where="post", color="tab:blue", linewidth=2,
             label=f"best so far ({best[-1]:.4g})")
@@ -377,7 +385,6 @@ def timed_reports(histories: dict[str, pd.DataFrame], metric: str, started: floa
 def _per_trial_order(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], metric: str
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Each trial's best metric in trial order: from the table, else from the histories."""
-    lower = _lower_is_better(metric)
     column = f"best/{metric}"
     if column in trials.columns:
         scores = pd.to_numeric(trials[column], errors="coerce").to_numpy(float)
@@ -385,8 +392,7 @@ def _per_trial_order(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], m
         scores = []
         for history in histories.values():
             curve = _curve(history, metric)
-            scores.append(np.nan if curve is None else
-                          (np.nanmin(curve[1]) if lower else np.nanmax(curve[1])))
+            scores.append(np.nan if curve is None else best_value(metric, curve[1]))
         scores = np.asarray(scores, dtype=float)
     number = np.arange(1, len(scores) + 1)
     keep = np.isfinite(scores)
@@ -430,12 +436,6 @@ def _curve(history: pd.DataFrame | None, column: str) -> tuple[np.ndarray, np.nd
     if not keep.any():
         return None
     return epochs[keep], values[keep]
-
-
-def _lower_is_better(metric: str) -> bool:
-    # The same rule as ecg_tune.search.export.LOWER_IS_BETTER; not imported from there because
-    # that module pulls in torch and Ray, and the report should stay cheap to import.
-    return "loss" in metric
 
 
 def _no_data(ax) -> None:

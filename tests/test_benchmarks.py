@@ -24,19 +24,22 @@ def small():
 
 def test_best_so_far_keeps_only_improvements_in_time_order() -> None:
     histories = {
-        "a": pd.DataFrame({"timestamp": [105, 110, 130], "time_total_s": [3, 8, 28], "score": [0.3, 0.2, 0.6]}),
-        "b": pd.DataFrame({"timestamp": [108, 120], "time_total_s": [4, 16], "score": [0.4, np.nan]}),
+        "a": pd.DataFrame({"timestamp": [105, 110, 130], "time_total_s": [3, 8, 28], "val_cinc_f1": [0.3, 0.2, 0.6]}),
+        "b": pd.DataFrame({"timestamp": [108, 120], "time_total_s": [4, 16], "val_cinc_f1": [0.4, np.nan]}),
         "c": pd.DataFrame({"timestamp": [109], "time_total_s": [1]}),  # errored before reporting the metric
     }
-    times, best = best_so_far(histories, "score", started=100.0)
+    times, best = best_so_far(histories, "val_cinc_f1", started=100.0)
     assert times.tolist() == [5, 8, 30]
     assert best.tolist() == [0.3, 0.4, 0.6]
     # By default the clock starts with the first trial (a: 105 - 3 = 102).
-    assert best_so_far(histories, "score")[0].tolist() == [3, 6, 28]
+    assert best_so_far(histories, "val_cinc_f1")[0].tolist() == [3, 6, 28]
     assert np.isnan(value_at(times, best, 4.0))
     assert value_at(times, best, 8.0) == 0.4
     assert value_at(times, best, 29.9) == 0.4
     assert value_at(times, best, 1e9) == 0.6
+    # A loss improves downwards: the curve keeps the lowest so far.
+    losses = {k: h.rename(columns={"val_cinc_f1": "val_loss"}) for k, h in histories.items()}
+    assert best_so_far(losses, "val_loss", started=100.0)[1].tolist() == [0.3, 0.2]
 
 
 def _run(strategy: str, seed: int, curve: list[tuple[float, float]]) -> dict:

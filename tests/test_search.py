@@ -22,9 +22,10 @@ import pytest
 from ecg_tune.cli import main
 from ecg_tune.data import prepare
 from ecg_tune.errors import ConfigError
-from ecg_tune.search.space import adapt, load_space
-from ecg_tune.search.tuner import SearchOptions, data_facts, make_plan, run_search
-from ecg_tune.search.export import write_results
+from ecg_tune.pipeline import PipelineOptions, run_pipeline
+from ecg_tune.search.adapt import DataFacts
+from ecg_tune.search.space_file import load_space
+from ecg_tune.search.tuner import SearchOptions, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "scripts" / "search.py")]
@@ -50,11 +51,9 @@ def write_space(path: Path, text: str) -> Path:
 
 
 def search(dataset, space_path, out: Path, **options):
-    space = adapt(load_space(str(space_path)), data_facts(dataset))
-    opts = SearchOptions(out=out, **options)
-    results, plan = run_search(opts, space, dataset)
-    best = write_results(results, out, plan.metric, plan.max_epochs, opts.seed, "synthetic:80")
-    return results, plan, best, pd.read_csv(out / "trials.csv")
+    result = run_pipeline(PipelineOptions(search=SearchOptions(out=out, **options), space=space_path, refit=None),
+                          dataset=dataset)
+    return result, result.plan, result.best, pd.read_csv(out / "trials.csv")
 
 
 TINY = """
@@ -70,8 +69,8 @@ lr: {type: float, low: 0.0001, high: 0.01, log: true}
 
 def test_optuna_asha_conditional_space_and_exports(ray_cluster, small, tmp_path: Path) -> None:
     space = write_space(tmp_path / "tiny.yaml", TINY + "search: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n")
-    results, plan, best, trials = search(small, space, tmp_path / "out", num_samples=8, cpus_per_trial=1,
-                                         max_concurrent=2)
+    _, plan, best, trials = search(small, space, tmp_path / "out", num_samples=8, cpus_per_trial=1,
+                                   max_concurrent=2)
     assert plan.metric == "val_cinc_f1" and plan.gpus_per_trial == 0.25
     assert len(trials) == 8
     for column in ("trial_id", "status", "epochs", "best_epoch", "config/transform", "config/lr",
@@ -95,12 +94,11 @@ def test_optuna_asha_conditional_space_and_exports(ray_cluster, small, tmp_path:
 
 def test_fractional_gpus_run_four_trials_at_once(ray_cluster, small, tmp_path: Path) -> None:
     space = write_space(tmp_path / "gpu.yaml", TINY + "search: {max_epochs: 2}\n")
-    results, plan, _, trials = search(small, space, tmp_path / "out", num_samples=4, cpus_per_trial=1,
-                                      scheduler="fifo")
+    result, plan, _, trials = search(small, space, tmp_path / "out", num_samples=4, cpus_per_trial=1,
+                                     scheduler="fifo")
     assert plan.gpus_per_trial == 0.25 and plan.max_concurrent == 4
     spans = []
-    for result in results:
-        history = result.metrics_dataframe
+    for history in result.run.histories().values():
         start = history["timestamp"].iloc[0] - history["time_this_iter_s"].iloc[0]
         spans.append((start, history["timestamp"].iloc[-1]))
     latest_start = max(s for s, _ in spans)
@@ -118,12 +116,12 @@ search: {max_epochs: 1}
     _, _, best, trials = search(small, space, tmp_path / "out", num_samples=2, searcher="random",
                                 scheduler="fifo", max_concurrent=2, max_failures=1)
     assert "errored" in set(trials["status"]) and "completed" in set(trials["status"])
-    assert best["config"]["model"] == "simple_cnn"
+    assert best.config["model"] == "simple_cnn"
 
 
 def test_resources_follow_the_cluster() -> None:
     space = load_space("smoke")
-    facts = data_facts(prepare("synthetic:40", progress=False))
+    facts = DataFacts.from_dataset(prepare("synthetic:40", progress=False))
     assert make_plan(SearchOptions(out=Path(".")), space, facts, 2, 0).gpus_per_trial == 0
     plan = make_plan(SearchOptions(out=Path(".")), space, facts, 8, 1)
     assert plan.gpus_per_trial == 0.25 and plan.max_concurrent == min(4, plan.num_samples)

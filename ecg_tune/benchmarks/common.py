@@ -11,6 +11,7 @@ import numpy as np
 
 from ecg_tune.data import Dataset
 from ecg_tune.data.split import UNUSED
+from ecg_tune.training.metrics import running_best
 
 
 def machine_info() -> dict:
@@ -45,7 +46,7 @@ def thin(dataset: Dataset, keep: int, seed: int = 0) -> Dataset:
 
 def best_so_far(histories: dict, metric: str, started: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Seconds since `started` (default: the first trial's start) and the best `metric` any trial
-    had reported by then, one point per report that raised it.
+    had reported by then (in the metric's direction), one point per report that improved it.
 
     `histories` maps trial ids to their per-epoch result frames (Tune's result.json rows).
     """
@@ -55,8 +56,8 @@ def best_so_far(histories: dict, metric: str, started: float | None = None) -> t
     if events is None:
         return np.array([]), np.array([])
     times, values = events
-    running = np.maximum.accumulate(values)
-    raised = np.r_[True, running[1:] > running[:-1]]
+    running = running_best(metric, values)
+    raised = np.r_[True, running[1:] != running[:-1]]
     return times[raised], running[raised]
 
 

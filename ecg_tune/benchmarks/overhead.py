@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import yaml
 
 from ecg_tune.data import Dataset
+from ecg_tune.search.space import SearchSpace
 
 # One realistic trial: the seed's network on the wavelet input with every augmentation.
-# (Space files are read in order: input_length and wavelet must come before levels.)
+# (Spaces are read in order: input_length and wavelet must come before levels.)
 MEMORY_CONFIG = {"model": "simple_cnn", "input_length": 9000, "transform": "wavelet", "wavelet": "db2",
                  "levels": 6, "augmentation": "all"}
 GPU_CONFIG = {"model": "resnet1d", "width": 16, "depth": 4, "input_length": 9000, "transform": "none",
@@ -150,33 +150,30 @@ def _is_ray_worker(process) -> bool:
     return process.name().startswith("ray::") or bool(command and command[0].startswith("ray::"))
 
 
-def fixed_space(values: dict, trials: int, max_epochs: int, folder: Path):
-    """A space of constants (every trial trains the same config), written as a space file and read
-    back through the normal loader so that it is validated like any user's space."""
-    from ecg_tune.search.space import load_space
-
-    path = folder / "fixed.yaml"
+def fixed_space(values: dict, trials: int, max_epochs: int) -> SearchSpace:
+    """A space of constants (every trial trains the same config), validated like any user's."""
     settings = {"searcher": "optuna", "num_samples": trials, "max_epochs": max_epochs, "grace_period": max_epochs}
-    path.write_text(yaml.safe_dump({"description": "benchmark: one fixed config", "search": settings, **values},
-                                   sort_keys=False))
-    return load_space(str(path))
+    return SearchSpace.from_mapping({"description": "benchmark: one fixed config", "search": settings, **values},
+                                    name="fixed")
 
 
 def search_memory(dataset: Dataset, concurrent: int, max_epochs: int, log: Callable[[str], None]) -> dict:
     """Peak PSS of a search running `concurrent` trials of MEMORY_CONFIG at once."""
     import ray
 
-    from ecg_tune.search.tuner import SearchOptions, run_search
+    from ecg_tune.pipeline import PipelineOptions, run_pipeline
+    from ecg_tune.search.tuner import SearchOptions
 
     cpus = ray.cluster_resources().get("CPU", 1)
     with tempfile.TemporaryDirectory() as folder:
-        space = fixed_space(MEMORY_CONFIG, concurrent, max_epochs, Path(folder))
         options = SearchOptions(out=Path(folder) / "run", max_concurrent=concurrent,
                                 cpus_per_trial=min(1.0, cpus / concurrent), scheduler="fifo")
+        pipeline = PipelineOptions(search=options, space=fixed_space(MEMORY_CONFIG, concurrent, max_epochs),
+                                   refit=None)
         baseline = PeakMemory().current()
         with PeakMemory() as memory:
             started = time.perf_counter()
-            run_search(options, space, dataset)
+            run_pipeline(pipeline, dataset=dataset, log=log)
             wall = time.perf_counter() - started
     log(f"{concurrent} trial(s) at once: peak {memory.peak / 2**20:.0f} MiB (before: {baseline / 2**20:.0f} MiB), "
         f"largest private memory of one worker {memory.worker_uss_peak / 2**20:.0f} MiB, {wall:.0f} s")
@@ -227,8 +224,8 @@ def run_gpu_benchmark(dataset: Dataset, shares: tuple[int, ...] = (1, 2, 4, 8), 
 
     import ray
 
-    from ecg_tune.refit import all_histories
-    from ecg_tune.search.tuner import SearchOptions, run_search
+    from ecg_tune.pipeline import PipelineOptions, run_pipeline
+    from ecg_tune.search.tuner import SearchOptions
 
     ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
     cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
@@ -236,14 +233,13 @@ def run_gpu_benchmark(dataset: Dataset, shares: tuple[int, ...] = (1, 2, 4, 8), 
     try:
         for trials in shares:
             with tempfile.TemporaryDirectory() as folder:
-                space = fixed_space(GPU_CONFIG, trials, max_epochs, Path(folder))
-                out = Path(folder) / "run"
-                options = SearchOptions(out=out, max_concurrent=trials, gpus_per_trial=1 / trials,
+                options = SearchOptions(out=Path(folder) / "run", max_concurrent=trials, gpus_per_trial=1 / trials,
                                         cpus_per_trial=max(0.1, min(1.0, cpus / trials)), scheduler="fifo")
+                pipeline = PipelineOptions(search=options, space=fixed_space(GPU_CONFIG, trials, max_epochs),
+                                           refit=None)
                 started = time.perf_counter()
-                run_search(options, space, dataset)
+                histories = run_pipeline(pipeline, dataset=dataset, log=log).run.histories()
                 wall = time.perf_counter() - started
-                histories = all_histories(out)
             samples = len(dataset.index("train")) * sum(len(h) for h in histories.values())
             per_trial = [float(h["train_samples_per_s"].mean()) for h in histories.values()]
             rows.append({"trials": trials, "gpu_each": 1 / trials, "wall_s": wall,

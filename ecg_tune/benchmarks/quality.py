@@ -14,13 +14,15 @@ a stated budget, unless `--run` names one):
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from ecg_tune.runs import RunFolder
+from ecg_tune.training.metrics import better
 
 # Published CinC 2017 figures (see the project's notes): not measured here, quoted.
 ANCHORS = [
@@ -130,9 +132,10 @@ def search_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, in
     """The search's best-so-far curve, timed from its first trial's start (Ray's own start-up,
     some seconds, is not counted), and its number of trials."""
     from ecg_tune.benchmarks.common import best_so_far
-    from ecg_tune.refit import all_histories
+    from ecg_tune.runs import RunFolder
+from ecg_tune.training.metrics import better
 
-    histories = all_histories(run_dir)
+    histories = RunFolder(run_dir).histories()
     return (*best_so_far(histories, metric), len(histories))
 
 
@@ -141,7 +144,7 @@ def pad_versus_crop(run_dir: Path, setup, cpus: float = 1.0, log: Callable[[str]
     reused for the fit the search chose; the other is refitted the same way)."""
     from ecg_tune.refit import train_and_predict
 
-    report = json.loads((run_dir / "report.json").read_text())
+    report = RunFolder(run_dir).report()
     chosen = setup.config.fit
     classes = list(setup.dataset.records.classes)
     truth = setup.dataset.tensors.labels[setup.test_index]
@@ -150,7 +153,7 @@ def pad_versus_crop(run_dir: Path, setup, cpus: float = 1.0, log: Callable[[str]
     log(f"pad vs crop: the search chose fit={chosen}; refitting with fit={other}")
     output = train_and_predict(setup.config.with_updates(fit=other), setup.dataset, setup.train_index,
                                setup.test_index, setup.lr_schedule, cpus=cpus)
-    result[other] = _scores(truth, output["probabilities"], classes, setup.config.seed)
+    result[other] = _scores(truth, output.probabilities, classes, setup.config.seed)
     return {"chosen_by_search": chosen, "epochs": len(setup.lr_schedule), **result}
 
 
@@ -160,13 +163,10 @@ def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, cpus: float = 
     from ecg_tune.benchmarks.common import value_at
     from ecg_tune.refit import refit_setup
 
-    if not (run_dir / "report.json").is_file():
-        from ecg_tune.errors import EcgTuneError
-
-        raise EcgTuneError(f"{run_dir}: no report.json; refit the search first (ecg-tune refit --run {run_dir})")
-    setup = refit_setup(run_dir)
+    run = RunFolder(run_dir)
+    report = run.report()  # says to refit first if there is no report
+    setup = refit_setup(run)
     dataset, best = setup.dataset, setup.best
-    report = json.loads((run_dir / "report.json").read_text())
     train, val, test = dataset.index("train"), dataset.index("val"), dataset.index("test")
     input_length = setup.config.input_length or int(np.median(dataset.tensors.lengths[train]))
 
@@ -174,16 +174,18 @@ def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, cpus: float = 
     for name, scores in duration.items():
         log(f"duration-only ({name}): test " + ", ".join(f"{k} {scores[k]:.3f}" for k in ("accuracy", "macro_f1", "cinc_f1") if k in scores))
     rocket = minirocket(dataset, train, val, test, input_length, n_kernels=n_kernels, seed=setup.config.seed, log=log)
-    metric = best.get("metric", "val_macro_f1")
+    metric = best.metric
     times, curve, trials = search_curve(run_dir, metric)
     rocket["search_best_val_at_same_wall_time"] = value_at(times, curve, rocket["train_wall_s"])
     rocket["search_seconds_to_beat_minirocket_val"] = next(
-        (float(t) for t, v in zip(times, curve) if v > rocket["validation"].get(metric.removeprefix("val_"), np.inf)),
+        (float(t) for t, v in zip(times, curve)
+         if metric.removeprefix("val_") in rocket["validation"]
+         and better(metric, v, rocket["validation"][metric.removeprefix("val_")])),
         None)
     padcrop = pad_versus_crop(run_dir, setup, cpus=cpus, log=log)
     return {
-        "run": str(run_dir), "data": best["data"], "metric": metric,
-        "search": {"best_config": best["config"], "best_epoch": best["epoch"], "val": best["metrics"].get(metric),
+        "run": str(run_dir), "data": best.data, "metric": metric,
+        "search": {"best_config": best.config, "best_epoch": best.epoch, "val": best.metrics.get(metric),
                    "trials": trials, "last_improvement_s": float(times[-1]) if len(times) else None,
                    "test": _headline(report["test"])},
         "duration_baseline": duration, "minirocket": rocket, "pad_vs_crop": padcrop,

@@ -21,6 +21,7 @@ import numpy as np
 
 from ecg_tune.benchmarks.common import best_so_far, value_at
 from ecg_tune.data import Dataset
+from ecg_tune.training.metrics import better
 
 STRATEGIES: dict[str, dict] = {
     "seed_grid": {"space": "seed_grid", "searcher": "optuna", "scheduler": "fifo",
@@ -36,35 +37,30 @@ def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0
                          strategies: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
     import ray
 
-    from ecg_tune.data.split import save_split
-    from ecg_tune.refit import all_histories
-    from ecg_tune.search.export import write_results
-    from ecg_tune.search.space import adapt, load_space
-    from ecg_tune.search.tuner import SearchOptions, data_facts, run_search, start_ray
+    from ecg_tune.pipeline import PipelineOptions, run_pipeline
+    from ecg_tune.search.tuner import SearchOptions, start_ray
 
     strategies = strategies or list(STRATEGIES)
-    facts = data_facts(dataset)
     runs: list[dict] = []
     start_ray(SearchOptions(out=runs_dir))  # one local cluster for every run
     for seed in range(seeds):
         for name in strategies:
             strategy = STRATEGIES[name]
-            out = runs_dir / f"{name}-seed{seed}"
-            save_split(dataset.records, dataset.split, out / "split.csv")  # so the run can be refitted
-            options = SearchOptions(out=out, searcher=strategy["searcher"], scheduler=strategy["scheduler"],
-                                    time_budget=budget, seed=seed)
-            space = adapt(load_space(strategy["space"]), facts)
+            options = SearchOptions(out=runs_dir / f"{name}-seed{seed}", searcher=strategy["searcher"],
+                                    scheduler=strategy["scheduler"], time_budget=budget, seed=seed)
             log(f"--- {strategy['label']}, seed {seed}, budget {budget:g} s")
             started = time.time()
-            results, plan = run_search(options, space, dataset)
+            # The split is saved with each run, so any run can be refitted later.
+            result = run_pipeline(PipelineOptions(search=options, space=strategy["space"], refit=None),
+                                  dataset=dataset, log=log)
             wall = time.time() - started
-            write_results(results, out, plan.metric, plan.max_epochs, seed, dataset.records.source)
-            histories = all_histories(out)
-            times, best = best_so_far(histories, plan.metric, started)
-            runs.append({"strategy": name, "seed": seed, "wall_s": wall, "metric": plan.metric,
+            histories = result.run.histories()
+            metric = result.plan.metric
+            times, best = best_so_far(histories, metric, started)
+            runs.append({"strategy": name, "seed": seed, "wall_s": wall, "metric": metric,
                          "trials": len(histories), "epochs": int(sum(len(h) for h in histories.values())),
                          "curve_s": times.tolist(), "curve_best": best.tolist(),
-                         "final_best": value_at(times, best, budget), "folder": str(out)})
+                         "final_best": value_at(times, best, budget), "folder": str(result.run.path)})
             log(f"{name} seed {seed}: best {runs[-1]['final_best']:.4f} after {wall:.0f} s, "
                 f"{runs[-1]['trials']} trials, {runs[-1]['epochs']} epochs")
     ray.shutdown()
@@ -108,7 +104,7 @@ def _spread(values: np.ndarray, at: list[float], group: list[dict], reach: list)
 
 def _time_to(run: dict, target: float) -> float | None:
     for t, value in zip(run["curve_s"], run["curve_best"]):
-        if value >= target:
+        if not better(run["metric"], target, value):  # as good as the target or better
             return float(t)
     return None
 

@@ -25,7 +25,7 @@ from ecg_tune.config import default_value
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
 from ecg_tune.models import MODELS
-from ecg_tune.search.space import Choice, Constant, IntRange, SearchSpace, _Parameter, check_value, fmt
+from ecg_tune.search.space import Choice, Constant, IntRange, SearchSpace, ParameterBase, check_value, fmt
 from ecg_tune.signal.transforms import TRANSFORMS, BatchTransform
 
 # The trial's length when a space has no input_length: TrainConfig's None means the training
@@ -68,7 +68,7 @@ class DataFacts:
 
 def adapt(space: SearchSpace, facts: DataFacts) -> SearchSpace:
     """The effective space for this data (idempotent). See the module docstring."""
-    params: dict[str, _Parameter] = dict(space.parameters)
+    params: dict[str, ParameterBase] = dict(space.parameters)
     notes = dict(space.notes)
     where = space.where
     min_input = space_min_input(params)
@@ -108,7 +108,7 @@ def trial_limits(chosen: Mapping[str, Any], facts: DataFacts, min_input: int) ->
     return cls.option_limits(int(length), options, min_input)
 
 
-def space_min_input(params: Mapping[str, _Parameter]) -> int:
+def space_min_input(params: Mapping[str, ParameterBase]) -> int:
     """The shortest transform output every model the space may pick accepts."""
     models = _values_or_default(params, "model", None)
     return max(MODELS.get(str(name)).min_input_length for name in models)
@@ -121,7 +121,7 @@ def _transform(name: object) -> type[BatchTransform]:
     return TRANSFORMS.get(str(name))
 
 
-def _limit_table(params: Mapping[str, _Parameter], facts: DataFacts, min_input: int) -> dict[str, dict[int, str]]:
+def _limit_table(params: Mapping[str, ParameterBase], facts: DataFacts, min_input: int) -> dict[str, dict[int, str]]:
     """Per limited option in the space: its limit for every combination of input length and
     the options the limit reads that a trial with the option present may use -> where."""
     table: dict[str, dict[int, str]] = {}
@@ -142,7 +142,7 @@ def _limit_table(params: Mapping[str, _Parameter], facts: DataFacts, min_input: 
     return table
 
 
-def _check_user_space(space: SearchSpace, params: Mapping[str, _Parameter], facts: DataFacts,
+def _check_user_space(space: SearchSpace, params: Mapping[str, ParameterBase], facts: DataFacts,
                       min_input: int) -> None:
     where = space.where
     p = params.get("input_length")
@@ -174,7 +174,7 @@ def _check_user_space(space: SearchSpace, params: Mapping[str, _Parameter], fact
                     f"{min_input} samples for the models)")
 
 
-def _cap(p: _Parameter, cap: int) -> tuple[_Parameter, bool]:
+def _cap(p: ParameterBase, cap: int) -> tuple[ParameterBase, bool]:
     """The parameter with its values capped at `cap` (duplicates removed), and whether it changed."""
     if isinstance(p, Choice):
         capped = list(dict.fromkeys(v if v is None else min(v, cap) for v in p.values))
@@ -187,7 +187,7 @@ def _cap(p: _Parameter, cap: int) -> tuple[_Parameter, bool]:
     return p, False
 
 
-def _values_or_default(params: Mapping[str, _Parameter], key: str, target: _Parameter | None) -> list[Any]:
+def _values_or_default(params: Mapping[str, ParameterBase], key: str, target: ParameterBase | None) -> list[Any]:
     """The values `key` may take in a trial where `target` is present (None: any trial): its
     possible values, plus its default when it may be absent then."""
     p = params.get(key)

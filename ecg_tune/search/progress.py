@@ -13,6 +13,7 @@ import time
 from ray.tune import Callback
 
 from ecg_tune.search.trainable import sampled_values
+from ecg_tune.training.metrics import best_index, better, direction
 
 
 class SearchProgress(Callback):
@@ -43,7 +44,8 @@ class SearchProgress(Callback):
         value = result.get(self.metric)
         if value is not None:
             row["last"] = value
-            row["best"] = value if row["best"] is None else max(row["best"], value)
+            if row["best"] is None or better(self.metric, value, row["best"]):
+                row["best"] = value
         leader = self._leader()
         lead = f" | best {leader[1]['best']:.4f} ({leader[0]})" if leader else ""
         shown = f"{value:.4f}" if value is not None else "n/a"
@@ -61,12 +63,13 @@ class SearchProgress(Callback):
 
     def _leader(self):
         scored = [(tid, row) for tid, row in self.trials.items() if row["best"] is not None]
-        return max(scored, key=lambda item: item[1]["best"]) if scored else None
+        return scored[best_index(self.metric, [row["best"] for _, row in scored])] if scored else None
 
     def _table(self) -> None:
         finished = sum(r["status"] != "running" for r in self.trials.values())
         self._print(f"{self._clock()} {finished}/{self.total} trials finished")
-        ranked = sorted(self.trials.items(), key=lambda item: -(item[1]["best"] or -1.0))
+        sign = 1.0 if direction(self.metric) == "min" else -1.0
+        ranked = sorted(self.trials.items(), key=lambda item: (item[1]["best"] is None, sign * (item[1]["best"] or 0.0)))
         for trial_id, row in ranked:
             best = f"{row['best']:.4f}" if row["best"] is not None else "   n/a"
             keys = ("model", "transform", "wavelet", "levels", "augmentation", "input_length")

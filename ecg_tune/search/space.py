@@ -73,7 +73,7 @@ def fmt(value: object) -> str:
     return str(value)
 
 
-class _Parameter(BaseModel):
+class ParameterBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     when: dict[str, tuple[Scalar, ...]] = Field(default_factory=dict)
@@ -109,7 +109,7 @@ class _Parameter(BaseModel):
         return ", ".join(fmt(v) for v in self.possible())
 
 
-class Choice(_Parameter):
+class Choice(ParameterBase):
     type: Literal["choice"] = "choice"
     values: tuple[Scalar, ...] = Field(min_length=1)
 
@@ -128,7 +128,7 @@ class Choice(_Parameter):
         return list(self.values)
 
 
-class Constant(_Parameter):
+class Constant(ParameterBase):
     type: Literal["constant"] = "constant"
     value: Scalar
 
@@ -136,7 +136,7 @@ class Constant(_Parameter):
         return [self.value]
 
 
-class _Range(_Parameter):
+class _Range(ParameterBase):
     log: StrictBool = False
 
     @model_validator(mode="after")
@@ -202,21 +202,26 @@ class FloatRange(_Range):
 Parameter = Annotated[Union[Choice, IntRange, FloatRange, Constant], Field(discriminator="type")]
 
 
-class SearchSettings(BaseModel):
-    """The `search:` block, and the command-line overrides of it: budget, scheduler, searcher.
+# The bounds of the search settings, declared once: the `search:` block of a space and the
+# command-line options that override it (search/tuner.py's SearchOptions) both use these types.
+MaxEpochs = Annotated[StrictInt, Field(ge=1)]  # epochs per trial = ASHA's max_t
+GracePeriod = Annotated[StrictInt, Field(ge=1)]  # ASHA: epochs before a trial may be stopped
+ReductionFactor = Annotated[Union[StrictInt, StrictFloat], Field(gt=1)]  # ASHA keeps 1/this per rung
+NumSamples = Annotated[StrictInt, Field(ge=1)]  # trials (a grid runs every config once)
+TimeBudget = Annotated[Union[StrictInt, StrictFloat], Field(gt=0)]  # seconds
 
-    These bounds are the only ones: `--num-samples`, `--max-epochs`, `--time-budget`, ... are
-    validated by this model too.
-    """
+
+class SearchSettings(BaseModel):
+    """The `search:` block: budget, scheduler, searcher (the command line may override them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_epochs: StrictInt = Field(8, ge=1)  # epochs per trial = ASHA's max_t
-    grace_period: StrictInt = Field(1, ge=1)  # ASHA: epochs before a trial may be stopped
-    reduction_factor: Union[StrictInt, StrictFloat] = Field(3, gt=1)  # ASHA keeps 1/this per rung
-    num_samples: StrictInt = Field(20, ge=1)  # trials (a grid runs every config once)
+    max_epochs: MaxEpochs = 8
+    grace_period: GracePeriod = 1
+    reduction_factor: ReductionFactor = 3
+    num_samples: NumSamples = 20
     searcher: Literal["optuna", "grid"] = "optuna"
-    time_budget: Union[StrictInt, StrictFloat, None] = Field(None, gt=0)  # seconds
+    time_budget: TimeBudget | None = None  # no new trials after it; running ones are stopped
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> "SearchSettings":
@@ -297,7 +302,7 @@ class SearchSpace(BaseModel):
             if isinstance(spec, list):
                 raise ConfigError(f"{where}: {key}: a plain list is not a parameter; "
                                   f"write {{type: choice, values: [...]}}")
-            if not isinstance(spec, (Mapping, _Parameter)):
+            if not isinstance(spec, (Mapping, ParameterBase)):
                 spec = {"type": "constant", "value": spec}
             parameters[str(key)] = spec
         description = raw.get("description") or ""
@@ -333,7 +338,7 @@ def check_grid(space: SearchSpace) -> None:
                              f"constants, got type {p.type}")
 
 
-def _check_when(key: str, p: _Parameter, earlier: Mapping[str, _Parameter]) -> None:
+def _check_when(key: str, p: ParameterBase, earlier: Mapping[str, ParameterBase]) -> None:
     for ref, allowed in p.when.items():
         if ref not in earlier:
             if ref in config_keys():
@@ -347,7 +352,7 @@ def _check_when(key: str, p: _Parameter, earlier: Mapping[str, _Parameter]) -> N
                                  f"({earlier[ref].shown()})")
 
 
-def _check_limit_order(parameters: Mapping[str, _Parameter]) -> None:
+def _check_limit_order(parameters: Mapping[str, ParameterBase]) -> None:
     # The samplers bound a limited option (levels) by the trial's input length and the options
     # its transform's limit reads, so those must already be chosen when it is reached.
     names = list(parameters)

@@ -1,8 +1,12 @@
 """The search: searcher, scheduler, resources, storage and resume around the trainable.
 
-`SearchOptions` is the validated set of command-line choices; `run_search` starts (or attaches
-to) Ray, puts the dataset in the object store once, runs Tune with Optuna TPE (or random, or the
-grid of a grid space) and ASHA (or FIFO), and writes the results (search/export.py).
+`SearchOptions` is the validated set of choices a search is run with (the command line parses
+into it; its bounds are declared here and, for the settings a space also has, in
+search/space.py); `make_plan` combines them with the space's settings and the cluster's size;
+`run_search` starts (or attaches to) Ray, puts the dataset in the object store once and runs
+Tune with Optuna TPE (or random, or the grid of a grid space) and ASHA (or FIFO), ranking by
+the metric in its own direction (training/metrics.py). The pipeline (ecg_tune/pipeline.py)
+writes the results.
 """
 
 from __future__ import annotations
@@ -10,62 +14,52 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
-from ecg_tune.search.space import DataFacts, SearchSpace, define_by_run, grid
+from ecg_tune.search.adapt import DataFacts
+from ecg_tune.search.samplers import define_by_run, grid
+from ecg_tune.search.space import GracePeriod, MaxEpochs, NumSamples, ReductionFactor, SearchSpace, TimeBudget
 from ecg_tune.search.trainable import GRID_KEY
-from ecg_tune.training.metrics import ranking_metric
+from ecg_tune.training.metrics import Direction, direction, ranking_metric, validation_metrics
 
 # A trial that raises is retried from its checkpoint this many times before it counts as errored.
 MAX_TRIAL_FAILURES = 2
 
 
-@dataclass
-class SearchOptions:
+class SearchOptions(BaseModel):
+    """How to run a search; None means the space's setting (or the cluster's resources)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     out: Path
-    num_samples: int | None = None
-    max_epochs: int | None = None
-    grace_period: int | None = None
-    reduction_factor: int | None = None
-    time_budget: float | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: 0.25 when the cluster has GPUs, else 0
-    max_concurrent: int | None = None
+    num_samples: NumSamples | None = None
+    max_epochs: MaxEpochs | None = None
+    grace_period: GracePeriod | None = None
+    reduction_factor: ReductionFactor | None = None
+    time_budget: TimeBudget | None = None
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float | None = Field(None, ge=0)  # None: 0.25 when the cluster has GPUs, else 0
+    max_concurrent: int | None = Field(None, ge=1)
     searcher: Literal["optuna", "random"] = "optuna"
     scheduler: Literal["asha", "fifo"] = "asha"
-    metric: str | None = None
+    metric: str | None = None  # None: val_cinc_f1 with the CinC classes, else val_macro_f1
     seed: int = 0
     address: str | None = None
     storage: str | None = None
     optuna_storage: str | None = None
-    keep_checkpoints: int = 1
-    max_failures: int = MAX_TRIAL_FAILURES
+    keep_checkpoints: int = Field(1, ge=1)
+    max_failures: int = Field(MAX_TRIAL_FAILURES, ge=0)
     # A trial reuses a finished trial's worker process instead of starting (and importing torch
     # in) a new one: measured by `benchmark overhead`, see docs/benchmarks.md.
     reuse_actors: bool = True
     dashboard: bool = False
     resume: bool = False
-    extra: dict = field(default_factory=dict)
-
-    def check(self) -> None:
-        for key in ("num_samples", "max_epochs", "grace_period", "max_concurrent", "keep_checkpoints"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
-        if self.reduction_factor is not None and self.reduction_factor < 2:
-            raise ConfigError(f"--reduction-factor must be at least 2, got {self.reduction_factor}")
-        if self.cpus_per_trial <= 0:
-            raise ConfigError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
-        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise ConfigError(f"--gpus-per-trial must not be negative, got {self.gpus_per_trial}")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError(f"--time-budget must be positive, got {self.time_budget}")
 
 
 @dataclass
@@ -73,10 +67,11 @@ class Plan:
     """What a search will do, derived once from options, space and cluster (shown by --dry-run)."""
 
     metric: str
+    mode: Direction
     num_samples: int
     max_epochs: int
     grace_period: int
-    reduction_factor: int
+    reduction_factor: float
     cpus_per_trial: float
     gpus_per_trial: float
     max_concurrent: int
@@ -86,25 +81,25 @@ class Plan:
 
     def describe(self) -> str:
         gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ", no GPU"
-        schedule = (f"ASHA (max_t {self.max_epochs}, grace {self.grace_period}, reduction {self.reduction_factor})"
+        schedule = (f"ASHA (max_t {self.max_epochs}, grace {self.grace_period}, reduction {self.reduction_factor:g})"
                     if self.scheduler == "asha" else f"FIFO ({self.max_epochs} epochs each)")
         budget = f"; time budget {self.time_budget:g} s" if self.time_budget else ""
-        return (f"{self.num_samples} trials by {self.searcher}, {schedule}, ranked by {self.metric}; "
-                f"each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once{budget}")
+        best = "lowest" if self.mode == "min" else "highest"
+        return (f"{self.num_samples} trials by {self.searcher}, {schedule}, ranked by {self.metric} ({best} "
+                f"wins); each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once{budget}")
 
 
 def data_facts(dataset: Dataset) -> DataFacts:
-    lengths = dataset.records.lengths[dataset.index("train")]
-    all_lengths = dataset.records.lengths
-    return DataFacts(n_records=len(dataset.records), min_length=int(all_lengths.min()),
-                     median_length=int(np.median(lengths)), max_length=int(all_lengths.max()),
-                     classes=list(dataset.records.classes))
+    return DataFacts.from_dataset(dataset)
 
 
 def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, cluster_cpus: float,
               cluster_gpus: float) -> Plan:
     """Resources and schedule from the options, the space's settings and the cluster's size."""
-    settings = space.settings
+    settings = space.search
+    metric = options.metric or ranking_metric(facts.classes)
+    if metric not in validation_metrics(facts.classes):
+        raise ConfigError(f"--metric {metric}: not reported; choose one of {', '.join(validation_metrics(facts.classes))}")
     if options.gpus_per_trial is None:
         gpus = 0.25 if cluster_gpus > 0 else 0.0
     else:
@@ -118,12 +113,12 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
     fits = math.floor(cluster_cpus / cpus)
     if gpus > 0:
         fits = min(fits, math.floor(cluster_gpus / gpus + 1e-9))
-    grid_size = len(grid(space, facts)) if settings.searcher == "grid" else None
+    grid_size = len(grid(space, facts)) if space.is_grid else None
     num_samples = options.num_samples or grid_size or settings.num_samples
-    metric = options.metric or ranking_metric(facts.classes)
     max_epochs = options.max_epochs or settings.max_epochs
     return Plan(
         metric=metric,
+        mode=direction(metric),
         num_samples=num_samples,
         max_epochs=max_epochs,
         grace_period=min(options.grace_period or settings.grace_period, max_epochs),
@@ -131,8 +126,8 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,
         max_concurrent=max(1, min(options.max_concurrent or fits, fits, num_samples)),
-        searcher="grid" if settings.searcher == "grid" else options.searcher,
-        scheduler="fifo" if settings.searcher == "grid" else options.scheduler,
+        searcher="grid" if space.is_grid else options.searcher,
+        scheduler="fifo" if space.is_grid else options.scheduler,
         time_budget=options.time_budget or settings.time_budget,
     )
 
@@ -148,7 +143,7 @@ def start_ray(options: SearchOptions) -> None:
         return
     # Trial stdout (checkpoint notices) would drown the progress lines; errors are reported by
     # SearchProgress and kept in each trial's error.txt.
-    kwargs: dict = {"include_dashboard": options.dashboard, "log_to_driver": False}
+    kwargs: dict[str, Any] = {"include_dashboard": options.dashboard, "log_to_driver": False}
     if options.dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
     context = ray.init(address=options.address, **kwargs)
@@ -156,7 +151,7 @@ def start_ray(options: SearchOptions) -> None:
         print(f"Ray dashboard: http://{context.dashboard_url} (token: ~/.ray/auth_token)", flush=True)
 
 
-def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
+def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset) -> tuple[Any, Plan]:
     """Run (or resume) the search; returns Tune's ResultGrid and the plan it ran with."""
     import ray
     from ray import tune
@@ -164,7 +159,6 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
     from ecg_tune.search.progress import SearchProgress
     from ecg_tune.search.trainable import train_trial  # imports ray.tune
 
-    options.check()
     out = options.out.resolve()
     facts = data_facts(dataset)
     start_ray(options)
@@ -193,12 +187,13 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
             raise ConfigError(f"{out}: holds a search already; use --resume to continue it or another --out")
         # A grid space runs its expanded points as one grid_search over whole configs (a grid
         # over each key would ignore the space's conditions); the trainable unwraps them.
-        param_space = {GRID_KEY: tune.grid_search(grid(space, facts))} if plan.searcher == "grid" else None
+        points = grid(space, facts) if plan.searcher == "grid" else None
+        param_space = {GRID_KEY: tune.grid_search(points)} if points is not None else None
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=plan.metric, mode="max",
+                metric=plan.metric, mode=plan.mode,
                 num_samples=1 if plan.searcher == "grid" else plan.num_samples,
                 search_alg=_searcher(plan, options, space, facts, out),
                 scheduler=_scheduler(plan),
@@ -211,7 +206,8 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
                 storage_path=storage,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=options.keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                callbacks=[SearchProgress(plan.metric, plan.max_epochs, _trial_count(plan, space, facts))],
+                callbacks=[SearchProgress(plan.metric, plan.max_epochs,
+                                          len(points) if points is not None else plan.num_samples)],
                 verbose=0,  # SearchProgress prints the progress instead
             ),
         )
@@ -221,11 +217,7 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset):
     return results, plan
 
 
-def _trial_count(plan: Plan, space: SearchSpace, facts: DataFacts) -> int:
-    return len(grid(space, facts)) if plan.searcher == "grid" else plan.num_samples
-
-
-def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: DataFacts, out: Path):
+def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: DataFacts, out: Path) -> Any:
     if plan.searcher == "grid":
         return None  # Tune's default generator runs the param_space grid
     import optuna
@@ -236,15 +228,15 @@ def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: Dat
     else:
         # multivariate + group: TPE models parameters jointly and copes with conditional ones.
         sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if options.optuna_storage:
         kwargs = {"storage": optuna.storages.RDBStorage(options.optuna_storage),
                   "study_name": f"ecg-tune-{out.name}"}
-    return OptunaSearch(space=define_by_run(space, facts), metric=plan.metric, mode="max",
+    return OptunaSearch(space=define_by_run(space, facts), metric=plan.metric, mode=plan.mode,
                         sampler=sampler, **kwargs)
 
 
-def _scheduler(plan: Plan):
+def _scheduler(plan: Plan) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if plan.scheduler == "fifo":

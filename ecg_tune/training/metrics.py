@@ -1,10 +1,16 @@
-"""Classification metrics: accuracy, macro F1, the CinC 2017 score, per-class F1, confusion matrix.
+"""Classification metrics: accuracy, macro F1, the CinC 2017 score, per-class F1, confusion matrix;
+and the one table of which way each metric improves.
 
 The CinC 2017 score is the mean F1 of the classes N, A and O (noise is not scored); it exists only
-when the dataset has those three classes.
+when the dataset has those three classes. Every place that ranks by a metric (the tuner, the
+export of the best trial, the progress lines, the report's curves, the benchmarks) asks
+`direction` here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
@@ -39,3 +45,62 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 def ranking_metric(classes: list[str]) -> str:
     """The default validation metric that ranks configurations."""
     return "val_cinc_f1" if has_cinc_classes(classes) else "val_macro_f1"
+
+
+Direction = Literal["max", "min"]
+# Metric names without their split prefix (val_, train_, test_). Per-class F1 is `f1_<class>`.
+DIRECTIONS: dict[str, Direction] = {"loss": "min", "accuracy": "max", "macro_f1": "max", "cinc_f1": "max"}
+_SPLITS = ("val_", "train_", "test_")
+
+
+def _base(metric: str) -> str:
+    for prefix in _SPLITS:
+        if metric.startswith(prefix):
+            return metric[len(prefix):]
+    return metric
+
+
+def direction(metric: str) -> Direction:
+    """"max" if a higher `metric` is better, "min" if lower (losses). Unknown names: ValueError."""
+    base = _base(metric)
+    if base.startswith("f1_"):
+        return "max"
+    if base not in DIRECTIONS:
+        raise ValueError(f"unknown metric {metric!r}")
+    return DIRECTIONS[base]
+
+
+def is_metric(metric: str) -> bool:
+    """Whether `metric` is one of the table's metrics (with any split prefix)."""
+    try:
+        direction(metric)
+    except ValueError:
+        return False
+    return True
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """Whether `a` is strictly better than `b` for `metric`."""
+    return a < b if direction(metric) == "min" else a > b
+
+
+def best_index(metric: str, values: Sequence[float] | np.ndarray) -> int:
+    """Position of the best of `values` for `metric` (NaN ignored)."""
+    array = np.asarray(values, dtype=float)
+    return int(np.nanargmin(array) if direction(metric) == "min" else np.nanargmax(array))
+
+
+def best_value(metric: str, values: Iterable[float]) -> float:
+    array = np.asarray(list(values), dtype=float)
+    return float(array[best_index(metric, array)])
+
+
+def running_best(metric: str, values: np.ndarray) -> np.ndarray:
+    """The best value so far at each position."""
+    return np.minimum.accumulate(values) if direction(metric) == "min" else np.maximum.accumulate(values)
+
+
+def validation_metrics(classes: list[str]) -> list[str]:
+    """The validation metrics a trial reports for these classes (what --metric may name)."""
+    names = ["val_accuracy", "val_macro_f1"] + (["val_cinc_f1"] if has_cinc_classes(classes) else [])
+    return names + ["val_loss"] + [f"val_f1_{c}" for c in classes]

@@ -1,0 +1,182 @@
+"""The pipeline behind every command: data -> split -> search -> export -> refit -> report.
+
+Each entry point parses its arguments into typed options and calls one function here:
+
+* `run_pipeline(PipelineOptions)`: the `search` command and the search benchmarks; the data, the
+  split (saved, or the run's own on --resume), the search, the exported results and, unless told
+  not to, the refit with its test report and model bundle; a `PipelineResult` says what came out.
+* `run_refit(run, RefitOptions)` (ecg_tune/refit.py): the refit stage alone, for a finished run.
+* `run_train(TrainOptions)`: one configuration on the same data and split stages, without Ray;
+  `train_options` reads a search's best_config.json so that its trial is repeated exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ecg_tune.config import TrainConfig, load_config, make_config
+from ecg_tune.data import Dataset, prepare
+from ecg_tune.data.sources import LabelColumn
+from ecg_tune.errors import ConfigError
+from ecg_tune.refit import RefitOptions, RefitResult, run_refit
+from ecg_tune.runs import BestConfig, RunFolder, is_best_config, read_best_config
+from ecg_tune.search.adapt import DataFacts, adapt
+from ecg_tune.search.space import SearchSpace
+from ecg_tune.search.space_file import load_space
+from ecg_tune.search.tuner import Plan, SearchOptions, make_plan
+
+__all__ = ["DataOptions", "PipelineOptions", "PipelineResult", "RefitOptions", "TrainOptions",
+           "run_pipeline", "run_refit", "run_train", "train_options"]
+
+Log = Callable[[str], None]
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where the records come from and how they are split."""
+
+    source: str = "synthetic"
+    label_column: LabelColumn | None = None
+    split_file: Path | None = None  # a split.csv to use instead of a new split
+    seed: int = 0
+
+    def load(self) -> Dataset:
+        return prepare(self.source, label_column=self.label_column, split_file=self.split_file, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """A search from data to report. `refit=None` stops after the exported results."""
+
+    search: SearchOptions
+    space: str | Path | SearchSpace = "full"
+    data: DataOptions = field(default_factory=DataOptions)
+    refit: RefitOptions | None = field(default_factory=RefitOptions)
+    dry_run: bool = False  # validate data and space, show the plan, train nothing
+
+
+@dataclass
+class PipelineResult:
+    run: RunFolder
+    space: SearchSpace  # adapted to the data
+    plan: Plan
+    best: BestConfig | None = None  # None on a dry run
+    refit: RefitResult | None = None
+
+
+def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: Log = _print) -> PipelineResult:
+    """Run the search pipeline (see the module docstring). `dataset`: records already loaded and
+    split (the benchmarks' subsets); otherwise `options.data` is loaded."""
+    from ecg_tune.search.export import write_results
+
+    # A bad space file fails before any data is read.
+    space = options.space if isinstance(options.space, SearchSpace) else load_space(options.space)
+    search = options.search
+    run = RunFolder(search.out.resolve())
+    if search.resume and not run.path.is_dir():
+        raise ConfigError(f"--resume: {run.path} does not exist; give the --out folder of the search to continue")
+    resumed_split = search.resume and run.split_path.is_file()
+    if dataset is None:
+        data = options.data
+        if resumed_split:
+            data = DataOptions(data.source, data.label_column, run.split_path, data.seed)
+        dataset = data.load()
+    facts = DataFacts.from_dataset(dataset)
+    space = adapt(space, facts)
+    log(f"data: {dataset.summary()}")
+    if options.dry_run:
+        from ecg_tune.search.describe import describe
+
+        log(describe(space, facts))
+        cpus, gpus = _local_resources()
+        plan = make_plan(search, space, facts, cpus, gpus)
+        where = f"the cluster at {search.address}" if search.address else "this machine"
+        log(f"plan on {where} ({cpus:g} CPUs, {gpus:g} GPUs): {plan.describe()}")
+        log(f"results would go to {run.path}")
+        return PipelineResult(run=run, space=space, plan=plan)
+
+    from ecg_tune.search.tuner import run_search
+
+    run.path.mkdir(parents=True, exist_ok=True)
+    if not resumed_split:
+        run.write_split(dataset)
+    results, plan = run_search(search, space, dataset)
+    best = write_results(results, run, plan.metric, plan.max_epochs, search.seed, dataset.records.source,
+                         threads=max(1, int(plan.cpus_per_trial)))
+    log(f"best {plan.metric} {best.score:.4f} at epoch {best.epoch} (trial {best.trial_id}): "
+        f"{_json(best.config)}")
+    log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv, experiment/")
+    refit = None
+    if options.refit is not None:
+        gpus = options.refit.gpus if options.refit.gpus is not None else plan.gpus_per_trial
+        refit = run_refit(run, options.refit.model_copy(update={"gpus": gpus}))
+    return PipelineResult(run=run, space=space, plan=plan, best=best, refit=refit)
+
+
+def _local_resources() -> tuple[float, float]:
+    import torch
+
+    return float(os.cpu_count() or 1), float(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def _json(values: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(values, default=str)
+
+
+# ----------------------------------------------------------------------------------------------
+# One configuration, without Ray
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    config: TrainConfig
+    data: DataOptions = field(default_factory=DataOptions)
+    out: Path | None = None  # split.csv, config.json, history.json, checkpoint.pt
+    device: str | None = None
+    threads: int | None = None  # torch's CPU threads (None: torch's default)
+
+
+def train_options(config_file: str | None, overrides: dict[str, Any], source: str | None,
+                  label_column: LabelColumn | None = None, split_file: str | None = None,
+                  threads: int | None = None, out: Path | None = None, device: str | None = None,
+                  log: Log = _print) -> TrainOptions:
+    """The options of `ecg-tune train`: a config file (or --set values) with overrides.
+
+    A search's best_config.json repeats its trial: on its data and split (unless others are
+    given) and with the trial's thread count.
+    """
+    config = load_config(config_file, overrides) if config_file else make_config(overrides, where="--set")
+    seed = config.seed
+    if config_file and is_best_config(config_file):
+        best = read_best_config(Path(config_file))
+        source = source or best.data
+        sibling = Path(config_file).parent / "split.csv"
+        if split_file is None and sibling.is_file() and source == best.data:
+            split_file = str(sibling)
+            log(f"using the search's split {split_file}")
+        if threads is None and best.threads:
+            threads = best.threads
+            log(f"using {threads} thread(s), as the trial did")
+    data = DataOptions(source or "synthetic", label_column, Path(split_file) if split_file else None, seed)
+    return TrainOptions(config=config, data=data, out=out, device=device, threads=threads)
+
+
+def run_train(options: TrainOptions) -> list[dict[str, Any]]:
+    """Train one configuration, printing a line per epoch; returns the per-epoch metrics."""
+    from ecg_tune.training.run import train_one
+
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    return train_one(options.config, options.data.load(), out=options.out, device=options.device)

@@ -1,0 +1,221 @@
+"""A run folder: the files a search leaves and the refit, the report and the benchmarks read.
+
+    <out>/best_config.json     the winning trial (`BestConfig`)
+    <out>/trials.csv, .parquet one row per trial (`TrialRecord.flat`); whole numbers stay whole
+    <out>/split.csv            the record-level split every later stage uses
+    <out>/experiment/          Ray Tune's experiment (per trial: params.json, result.json, ...)
+    <out>/report.json          the refit's test report; model/ the exported bundle
+
+This module is the only one that knows these names and formats: everything else asks a
+`RunFolder` for typed records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ecg_tune.data import Dataset
+from ecg_tune.data.split import save_split
+from ecg_tune.errors import EcgTuneError
+
+TrialStatus = Literal["completed", "stopped", "errored"]
+
+
+@dataclass(frozen=True)
+class BestConfig:
+    """The winning trial of a search: its config, its metrics at its best epoch, where it came from."""
+
+    config: dict[str, Any]  # the sampled values plus the search's epochs and seed
+    metrics: dict[str, float]  # every metric at the epoch where `metric` peaked
+    epoch: int  # that epoch
+    trial_id: str
+    metric: str  # the ranking metric
+    data: str  # the --data source
+    # Ray runs a trial with OMP_NUM_THREADS = its CPUs; float sums depend on the thread count,
+    # so `ecg-tune train` uses the same count to repeat the trial bit for bit on a CPU.
+    threads: int = 1
+
+    @property
+    def score(self) -> float:
+        return self.metrics[self.metric]
+
+
+@dataclass
+class TrialRecord:
+    """One trial's summary: status, epochs, sampled config, final and best metrics."""
+
+    trial_id: str
+    status: TrialStatus
+    epochs: int
+    config: dict[str, Any]
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)  # per metric, its best over the epochs
+    best_epoch: int | None = None  # where the ranking metric peaked
+    peak_metrics: dict[str, float] = field(default_factory=dict)  # every metric at best_epoch
+
+    def flat(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status, "epochs": self.epochs,
+                               "best_epoch": self.best_epoch}
+        row.update({f"config/{k}": _plain(v) for k, v in self.config.items()})
+        row.update({f"final/{k}": v for k, v in self.final.items()})
+        row.update({f"best/{k}": v for k, v in self.best.items()})
+        return row
+
+
+class RunFolder:
+    """The files of one search's output folder (see the module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # paths -----------------------------------------------------------------------------------
+
+    @property
+    def best_config_path(self) -> Path:
+        return self.path / "best_config.json"
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / "split.csv"
+
+    @property
+    def experiment(self) -> Path:
+        """Ray Tune's experiment folder of this run."""
+        return self.path / "experiment"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    # best config -----------------------------------------------------------------------------
+
+    def write_best(self, best: BestConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.best_config_path.write_text(json.dumps(asdict(best), indent=2, default=_plain))
+
+    def best(self) -> BestConfig:
+        path = self.best_config_path
+        if not path.is_file():
+            raise EcgTuneError(f"{self.path}: no best_config.json (is this a finished search folder?)")
+        return read_best_config(path)
+
+    # trials ----------------------------------------------------------------------------------
+
+    def write_trials(self, records: list[TrialRecord]) -> pd.DataFrame:
+        """trials.csv and trials.parquet; returns the table."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        rows = [r.flat() for r in records]
+        table = _whole_numbers_stay_whole(pd.DataFrame(rows), rows)
+        table.to_csv(self.path / "trials.csv", index=False)
+        _parquet_ready(table).to_parquet(self.path / "trials.parquet", index=False)
+        return table
+
+    def trials(self) -> pd.DataFrame:
+        """trials.csv (an empty table when the search wrote none)."""
+        path = self.path / "trials.csv"
+        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+    # Tune's per-trial results ----------------------------------------------------------------
+
+    def histories(self) -> dict[str, pd.DataFrame]:
+        """Every trial's per-epoch results (its result.json), by trial id."""
+        histories = {}
+        for path in sorted(self.experiment.glob("*/result.json")):
+            rows = _json_lines(path)
+            if rows:
+                histories[str(rows[0].get("trial_id", path.parent.name))] = pd.DataFrame(rows)
+        return histories
+
+    def history(self, trial_id: str) -> pd.DataFrame | None:
+        """One trial's per-epoch results, or None when it reported nothing."""
+        for path in sorted(self.experiment.glob(f"*{trial_id}*/result.json")):
+            rows = _json_lines(path)
+            return pd.DataFrame(rows) if rows else None
+        return None
+
+    # split -----------------------------------------------------------------------------------
+
+    def write_split(self, dataset: Dataset) -> Path:
+        """split.csv: the record-level split every later stage of this run uses."""
+        return save_split(dataset.records, dataset.split, self.split_path)
+
+    # report ----------------------------------------------------------------------------------
+
+    def write_report(self, test: dict[str, Any], validation: dict[str, float], config: dict[str, Any],
+                     epochs: int) -> dict[str, Any]:
+        """report.json (the content is report.py's); returns what was written."""
+        from ecg_tune.report import write_report  # matplotlib: only when a report is written
+
+        return write_report(self.report_path, test, validation, config, epochs)
+
+    def report(self) -> dict[str, Any]:
+        """The refit's report.json."""
+        if not self.report_path.is_file():
+            raise EcgTuneError(f"{self.path}: no report.json; refit the search first (ecg-tune refit --run {self.path})")
+        return dict(json.loads(self.report_path.read_text()))
+
+
+def read_best_config(path: Path) -> BestConfig:
+    """A best_config.json, wherever it is (`ecg-tune train --config` takes one)."""
+    try:
+        content = json.loads(path.read_text())
+        return BestConfig(config=dict(content["config"]), metrics=dict(content["metrics"]),
+                          epoch=int(content["epoch"]), trial_id=str(content["trial_id"]),
+                          metric=str(content.get("metric", "val_macro_f1")), data=str(content["data"]),
+                          threads=int(content.get("threads") or 1))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EcgTuneError(f"{path}: not a search's best_config.json ({type(exc).__name__}: {exc})") from None
+
+
+def is_best_config(path: str | Path) -> bool:
+    """Whether `path` is a search's best_config.json (rather than a plain config file)."""
+    path = Path(path)
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    try:
+        content = json.loads(path.read_text())
+    except ValueError:
+        return False
+    return isinstance(content, dict) and isinstance(content.get("config"), dict) and "trial_id" in content
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _whole_numbers_stay_whole(table: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Columns of whole numbers with gaps (a parameter absent from some trials) as nullable
+    integers, not floats: `levels 8`, not `8.0`."""
+    table = table.copy()
+    for column in table.columns:
+        given = [row[column] for row in rows if row.get(column) is not None]
+        if given and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in given):
+            table[column] = table[column].astype("Int64")
+    return table
+
+
+def _parquet_ready(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns that mix numbers and text (svm_gamma: 0.01 or "scale") as text, as Parquet needs."""
+    table = table.copy()
+    for column in table.columns:
+        values = table[column].dropna()
+        if table[column].dtype == object and values.map(type).nunique() > 1:
+            table[column] = table[column].map(lambda v: v if pd.isna(v) else str(v))
+    return table
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (from samplers) as plain Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
