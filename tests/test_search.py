@@ -90,6 +90,19 @@ def test_optuna_asha_conditional_space_and_exports(ray_cluster, small, tmp_path:
     assert ("levels" in saved["config"]) == (saved["config"]["transform"] == "wavelet")
     assert 1 <= saved["epoch"] <= 4 and saved["config"]["epochs"] == 4
     assert pd.read_parquet(tmp_path / "out" / "trials.parquet").shape == trials.shape
+    # Whole numbers stay whole where a parameter is absent from some trials.
+    raw = pd.read_csv(tmp_path / "out" / "trials.csv", dtype=str)
+    assert raw["config/levels"].dropna().str.fullmatch(r"\d+").all(), raw["config/levels"].tolist()
+    assert str(pd.read_parquet(tmp_path / "out" / "trials.parquet")["config/levels"].dtype) == "Int64"
+
+
+def test_a_loss_metric_ranks_by_the_lowest(ray_cluster, small, tmp_path: Path) -> None:
+    space = write_space(tmp_path / "loss.yaml", TINY + "search: {max_epochs: 2}\n")
+    _, plan, best, trials = search(small, space, tmp_path / "out", num_samples=3, cpus_per_trial=1,
+                                   scheduler="fifo", metric="val_loss", searcher="random")
+    assert plan.mode == "min" and best.metric == "val_loss"
+    assert best.score == pytest.approx(trials["best/val_loss"].min())
+    assert trials["best/val_loss"].min() < trials["best/val_loss"].max()  # a real choice was made
 
 
 def test_fractional_gpus_run_four_trials_at_once(ray_cluster, small, tmp_path: Path) -> None:

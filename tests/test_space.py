@@ -311,3 +311,30 @@ def test_unknown_shipped_name_lists_the_shipped() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: search space file not found"):
         load_space(str(tmp_path / "nope.yaml"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Spaces built in Python
+
+
+def test_a_space_built_in_python_equals_its_file(tmp_path: Path) -> None:
+    from ecg_tune.search.space import Choice, FloatRange, IntRange, SearchSpace
+
+    built = SearchSpace.from_mapping({
+        "input_length": 600,
+        "transform": Choice(values=("none", "wavelet")),
+        "levels": IntRange(low=2, high=4, when={"transform": "wavelet"}),
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "search": {"num_samples": 3, "max_epochs": 2},
+    }, name="mine", where="mine.yaml")
+    path = _user_space(tmp_path, "input_length: 600\ntransform: {type: choice, values: [none, wavelet]}\n"
+                                 "levels: {type: int, low: 2, high: 4, when: {transform: wavelet}}\n"
+                                 "lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                                 "search: {num_samples: 3, max_epochs: 2}\n")
+    read = load_space(path)
+    assert built.parameters == read.parameters and built.search == read.search
+    assert isinstance(built.parameters["lr"], FloatRange) and built.parameters["levels"].when == {"transform": ("wavelet",)}
+    assert re.search(r"levels +int +2\.\.4 +when transform = wavelet", describe(built, CINC_LIKE))
+    with pytest.raises(ConfigError, match=r"^mine\.yaml: levels: when: transform: bands is not a value"):
+        SearchSpace.from_mapping({"transform": Choice(values=("none", "wavelet")),
+                                  "levels": IntRange(low=2, high=4, when={"transform": "bands"})}, where="mine.yaml")
