@@ -4,8 +4,9 @@ A bundle classifies new recordings without the search: `weights.pt` (the network
 loaded with `torch.load(..., weights_only=True)`), `svm.skops` for cnn_svm (loaded with no
 untrusted types, so no arbitrary code runs), and `config.json` with the full training config,
 the class names, the sampling rate and the preprocessing (normalisation, input length, transform,
-windowing; the transform's options are those it declares). Prediction reuses the data layer's tensors and the record-level windowed evaluation
-of training, so a bundle predicts exactly as the refit's test evaluation did.
+windowing; the transform's options are those it declares). Prediction reuses the data layer's
+tensors and the record-level windowed evaluation of training, so a bundle predicts exactly as the
+refit's test evaluation did.
 """
 
 from __future__ import annotations

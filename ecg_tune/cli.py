@@ -11,13 +11,16 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ecg_tune.errors import EcgTuneError
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    # warnings.formatwarning's signature; the fifth argument warnings passes is the source line.
     return f"warning: {message}\n"
 
 
@@ -95,7 +98,8 @@ def options_from_args(model: Any, args: argparse.Namespace, **given: Any) -> Any
     except ValidationError as exc:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "options"
-        raise EcgTuneError(f"{flag}: {error['msg'].removeprefix('Value error, ')}, got {error.get('input')!r}") from None
+        message = error["msg"].removeprefix("Value error, ")
+        raise EcgTuneError(f"{flag}: {message}, got {error.get('input')!r}") from None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -124,7 +128,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        for record, p in zip(records.record_ids, probabilities):
+        for record, p in zip(records.record_ids, probabilities, strict=False):
             rows.append([record, bundle.classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
@@ -153,7 +157,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             return 0
     source = args.data or (str(DEFAULT_BENCHMARK_DATA) if DEFAULT_BENCHMARK_DATA.is_dir() else "synthetic")
     # The search's --records 0 means all records; the pipeline's --records counts training records.
-    minimum = {"seeds": 1, "tiny_trials": 1, "kernels": 1, "rounds": 1, "records": 0 if args.benchmark == "search" else 1}
+    minimum = {"seeds": 1, "tiny_trials": 1, "kernels": 1, "rounds": 1,
+               "records": 0 if args.benchmark == "search" else 1}
     for key, least in minimum.items():
         value = getattr(args, key, None)
         if value is not None and value < least:

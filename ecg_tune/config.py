@@ -98,7 +98,7 @@ class TrainConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _ranges(self) -> "TrainConfig":
+    def _ranges(self) -> TrainConfig:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -128,7 +128,7 @@ class TrainConfig(BaseModel):
         """Any config value by key, part options included."""
         return self.to_dict()[key]
 
-    def with_updates(self, **changes: Any) -> "TrainConfig":
+    def with_updates(self, **changes: Any) -> TrainConfig:
         """A validated copy with some values changed."""
         return make_config({**self.model_dump(), **changes})
 

@@ -162,6 +162,7 @@ def run_refit(run: RunFolder, options: RefitOptions | None = None) -> RefitResul
     output = train_and_predict(config, dataset, train_index, test_index, lr_schedule, options.cpus, options.gpus)
 
     classes = dataset.records.classes
+    assert dataset.tensors.labels is not None  # data.prepare refuses unlabelled data
     truth = dataset.tensors.labels[test_index]
     test = test_metrics(truth, output.probabilities, classes, seed=config.seed)
     report = run.write_report(test, best.metrics, config.to_dict(), epochs)

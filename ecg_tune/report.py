@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 # The object-oriented Figure API renders through Agg on savefig without touching pyplot's global
 # backend or figure registry: safe headless, inside Ray workers and in long-lived processes.
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_fscore_support
@@ -103,7 +105,7 @@ def test_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: list[st
 
 # The name starts with "test_", which pytest would otherwise collect (and fail to call) from any
 # test module that imports it by name.
-test_metrics.__test__ = False
+test_metrics.__test__ = False  # type: ignore[attr-defined]  # a plain function attribute pytest reads
 
 
 def _bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], n_boot: int,
@@ -213,7 +215,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     _save(fig, path)
 
 
-def _confusion_panel(fig: Figure, ax, values: np.ndarray, classes: list[str], title: str,
+def _confusion_panel(fig: Figure, ax: Axes, values: np.ndarray, classes: list[str], title: str,
                      text: list[list[str]], vmax: float | None) -> None:
     top = vmax if vmax is not None else max(float(values.max()), 1.0)
     image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=top)
@@ -329,7 +331,7 @@ def plot_search_overview(trials: pd.DataFrame, histories: dict[str, pd.DataFrame
     _save(fig, path)
 
 
-def _best_so_far_panel(ax, trials: pd.DataFrame, histories: dict[str, pd.DataFrame],
+def _best_so_far_panel(ax: Axes, trials: pd.DataFrame, histories: dict[str, pd.DataFrame],
                        metric: str) -> None:
     lower = direction(metric) == "min"
     events = timed_reports(histories, metric)
@@ -399,7 +401,7 @@ def _per_trial_order(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], m
     return number[keep], scores[keep]
 
 
-def _per_value_panel(ax, key: str, values: pd.Series, scores: pd.Series, metric: str) -> None:
+def _per_value_panel(ax: Axes, key: str, values: pd.Series, scores: pd.Series, metric: str) -> None:
     """Box plot of trials' best metric per config value, with the trials themselves as points."""
     levels = sorted(values.unique())
     data = [scores[values == level].to_numpy(float) for level in levels]
@@ -407,7 +409,7 @@ def _per_value_panel(ax, key: str, values: pd.Series, scores: pd.Series, metric:
     ax.boxplot(data, positions=positions, widths=0.5, showfliers=False)
     # A fixed-seed jitter keeps points from overlapping and the picture reproducible.
     rng = np.random.default_rng(0)
-    for position, points in zip(positions, data):
+    for position, points in zip(positions, data, strict=False):
         ax.scatter(position + rng.uniform(-0.15, 0.15, len(points)), points, s=14,
                    color="tab:blue", alpha=0.7, zorder=3)
     ax.set_xticks(positions, levels, rotation=30 if len(levels) > 3 else 0, ha="right"
@@ -438,7 +440,7 @@ def _curve(history: pd.DataFrame | None, column: str) -> tuple[np.ndarray, np.nd
     return epochs[keep], values[keep]
 
 
-def _no_data(ax) -> None:
+def _no_data(ax: Axes) -> None:
     ax.text(0.5, 0.5, _NO_DATA, ha="center", va="center", transform=ax.transAxes,
             fontsize=12, color="0.4")
     ax.set_xticks([])

@@ -161,7 +161,8 @@ class RunFolder:
     def report(self) -> dict[str, Any]:
         """The refit's report.json."""
         if not self.report_path.is_file():
-            raise EcgTuneError(f"{self.path}: no report.json; refit the search first (ecg-tune refit --run {self.path})")
+            raise EcgTuneError(f"{self.path}: no report.json; refit the search first "
+                               f"(ecg-tune refit --run {self.path})")
         return dict(json.loads(self.report_path.read_text()))
 
 

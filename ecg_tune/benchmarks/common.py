@@ -35,6 +35,7 @@ def thin(dataset: Dataset, keep: int, seed: int = 0) -> Dataset:
     rng = np.random.default_rng(seed)
     split = np.full(len(dataset.split), UNUSED, dtype=object)
     labels = dataset.tensors.labels
+    assert labels is not None  # a prepared (split) dataset is labelled
     fraction = keep / len(dataset.split)
     for part in ("train", "val", "test"):
         for label in np.unique(labels):

@@ -17,13 +17,19 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ecg_tune.data import Dataset
 from ecg_tune.search.space import SearchSpace
+
+if TYPE_CHECKING:
+    import psutil
+
+    from ecg_tune.data.tensors import TensorData
 
 # One realistic trial: the seed's network on the wavelet input with every augmentation.
 # (Spaces are read in order: input_length and wavelet must come before levels.)
@@ -33,9 +39,10 @@ GPU_CONFIG = {"model": "resnet1d", "width": 16, "depth": 4, "input_length": 9000
               "augmentation": "all"}
 
 
-def _tiny_trial(config: dict, data) -> None:
+def _tiny_trial(config: dict, data: TensorData) -> None:
     from ray import tune
 
+    assert data.labels is not None  # a prepared dataset is labelled
     tune.report({"records": len(data.labels)})
 
 
@@ -111,11 +118,11 @@ class PeakMemory:
             self.samples += 1
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -143,7 +150,7 @@ def data_copy_probe(dataset: Dataset) -> dict:
     return ray.get(ray.remote(num_cpus=1)(_probe_copy).remote([ray.put(dataset.tensors)]))
 
 
-def _is_ray_worker(process) -> bool:
+def _is_ray_worker(process: psutil.Process) -> bool:
     # Ray renames its worker processes "ray::<task or actor>" (in the command line; the short
     # process name may keep "python").
     command = process.cmdline()
@@ -183,9 +190,9 @@ def search_memory(dataset: Dataset, concurrent: int, max_epochs: int, log: Calla
 
 def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: int = 2,
                            log: Callable[[str], None] = print) -> dict:
-    import ray
-
     import importlib.util
+
+    import ray
 
     if importlib.util.find_spec("psutil") is None:
         from ecg_tune.errors import EcgTuneError

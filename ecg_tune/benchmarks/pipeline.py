@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,15 +32,15 @@ import pywt
 import torch
 from torch import nn
 
+from ecg_tune.benchmarks.seed_pipeline import seed_batches
 from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data import Dataset
-from ecg_tune.benchmarks.seed_pipeline import seed_batches
 from ecg_tune.signal.augment import AugmentParams, BatchAugmenter
 from ecg_tune.signal.transforms import WaveletTransform
 from ecg_tune.training.loop import fit, train_step
 from ecg_tune.training.network import build_network
 
-TRANSFORMS = {
+TRANSFORMS: dict[str, dict[str, Any]] = {
     "none": {"transform": "none"},
     "wavelet db2 L6": {"transform": "wavelet", "wavelet": "db2", "levels": 6},
     "fourier": {"transform": "fourier"},
@@ -60,6 +62,7 @@ def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 
                            log: Callable[[str], None] = print, *,
                            dwt_cases: tuple[tuple[str, int, str], ...] | None = DWT_CASES) -> dict:
     tensors = dataset.tensors
+    assert tensors.labels is not None  # a prepared dataset is labelled
     train = dataset.index("train")[:records]
     records = len(train) - len(train) % batch_size
     train = train[:records]
@@ -81,12 +84,14 @@ def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 
         # Warm-up: first calls pay one-off costs (oneDNN kernels per shape, the noise bank).
         _drain(_batched_batches(network, augmenter, signals, lengths, warm, batch_size))
         _drain(seed_batches(frame.iloc[: len(warm)], batch_size, input_length, config.transform))
-        batched, seed = [], []
+        batched: list[float] = []
+        seed: list[float] = []
         for _ in range(rounds):
+            # The lambdas run within this iteration, so late binding of the loop variables is harmless.
             seed.append(_rate(records, lambda: _drain(seed_batches(frame, batch_size, input_length,
-                                                                   config.transform))))
+                                                                   config.transform))))  # noqa: B023
             batched.append(_rate(records, lambda: _drain(_batched_batches(
-                network, augmenter, signals, lengths, train, batch_size))))
+                network, augmenter, signals, lengths, train, batch_size))))  # noqa: B023
         result["data_path"][label] = {"seed_samples_per_s": max(seed), "batched_samples_per_s": max(batched),
                                       "speedup": max(batched) / max(seed)}
         log(f"data path {label:15s} seed {max(seed):8.0f}/s  batched {max(batched):8.0f}/s  "
@@ -100,7 +105,9 @@ def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 
     shape = build_network(config, input_length, n_classes).transform.output_shape
     precomputed = torch.randn(records, *shape)
     labels = torch.as_tensor(tensors.labels[train])
-    limit, ours, seed_training = [], [], []
+    limit: list[float] = []
+    ours: list[float] = []
+    seed_training: list[float] = []
     _limit_epoch(config, input_length, n_classes, precomputed[: len(warm)], labels[: len(warm)], batch_size)
     list(fit(config, tensors, warm, None, device="cpu"))
     for round_number in range(rounds):
@@ -181,6 +188,7 @@ def run_dwt_benchmark(input_length: int = 9000, batch_size: int = 32, rounds: in
         # Index into the pywt-order concatenation of all bands that gives WaveletTransform's layout.
         if output == "bands":
             offsets = torch.as_tensor(np.cumsum([0] + module.band_lengths[:-1]))
+            assert module.band_index is not None  # set for the bands output
             gather = (module.band_index + offsets[:, None]).reshape(-1)
         else:
             gather = None
@@ -196,8 +204,10 @@ def run_dwt_benchmark(input_length: int = 9000, batch_size: int = 32, rounds: in
             case = {"wavelet": wavelet_name, "levels": levels, "output": output,
                     "output_shape": list(module.output_shape),
                     "custom_max_abs_diff": float((module(x).double() - reference).abs().max())}
-            timed[label, "custom"] = lambda module=module: module(x)
-            timed[label, "pywt"] = (lambda wavelet=wavelet, levels=levels:
+            # The ignores below: mypy cannot infer a lambda whose defaults bind loop variables
+            # (python/mypy#15459); each is a Callable[[], object].
+            timed[label, "custom"] = lambda module=module: module(x)  # type: ignore[misc]
+            timed[label, "pywt"] = (lambda wavelet=wavelet, levels=levels:  # type: ignore[misc]
                                     pywt.wavedec(x_numpy, wavelet, mode="symmetric", level=levels, axis=-1))
             if ptwt is not None:
                 def run_ptwt(data=x, wavelet=wavelet, levels=levels):
@@ -206,10 +216,11 @@ def run_dwt_benchmark(input_length: int = 9000, batch_size: int = 32, rounds: in
                 case["ptwt_max_abs_diff"] = float((layout(run_ptwt()).double() - reference).abs().max())
                 case["ptwt_float64_max_abs_diff"] = float((layout(run_ptwt(x64)) - reference).abs().max())
                 if output == "approx":
-                    timed[label, "ptwt"] = lambda run_ptwt=run_ptwt: run_ptwt()[0].unsqueeze(1)
+                    timed[label, "ptwt"] = lambda run_ptwt=run_ptwt: run_ptwt()[0].unsqueeze(1)  # type: ignore[misc]
                 else:
                     timed[label, "ptwt"] = run_ptwt
-                    timed[label, "ptwt_aligned"] = lambda run_ptwt=run_ptwt, layout=layout: layout(run_ptwt())
+                    timed[label, "ptwt_aligned"] = (
+                        lambda run_ptwt=run_ptwt, layout=layout: layout(run_ptwt()))  # type: ignore[misc]
         result["cases"][label] = case
 
     # Warm-up (first calls pay one-off costs per shape), then calibrate the calls per measurement.
@@ -250,13 +261,13 @@ def run_dwt_benchmark(input_length: int = 9000, batch_size: int = 32, rounds: in
     return result
 
 
-def _rate(samples: int, work: Callable[[], None]) -> float:
+def _rate(samples: int, work: Callable[[], object]) -> float:
     started = time.perf_counter()
     work()
     return samples / (time.perf_counter() - started)
 
 
-def _drain(batches) -> None:
+def _drain(batches: Iterable[object]) -> None:
     for _ in batches:
         pass
 
@@ -313,14 +324,14 @@ def _breakdown(config: TrainConfig, input_length: int, n_classes: int, signals: 
             t3 = time.perf_counter()
             train_step(network.model, optimizer, criterion, x, labels[begin:begin + batch_size])
             t4 = time.perf_counter()
-            for key, seconds in zip(best, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            for key, seconds in zip(best, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=False):
                 spent[key] += seconds
         for key in best:
             best[key] = min(best[key], spent[key] / len(train) * 1e6)
     return best
 
 
-def plot(result: dict, path) -> None:
+def plot(result: dict, path: Path) -> None:
     """Two panels: the data path per transform (seed vs batched), and training against the limit."""
     import matplotlib
 
@@ -340,7 +351,7 @@ def plot(result: dict, path) -> None:
     names = ["limit\n(precomputed)", "this project's\nepoch", "seed\npipeline"]
     rates = [training["limit_samples_per_s"], training["batched_samples_per_s"], training["seed_samples_per_s"]]
     bars = right.bar(names, rates, color=["0.6", "C1", "C0"])
-    for bar, rate in zip(bars, rates):
+    for bar, rate in zip(bars, rates, strict=False):
         right.annotate(f"{rate / rates[0]:.0%}", (bar.get_x() + bar.get_width() / 2, rate),
                        ha="center", va="bottom", fontsize=9)
     right.set(ylabel="training samples/s", title="Training throughput against the limit")

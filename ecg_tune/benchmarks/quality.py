@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ecg_tune.runs import RunFolder
 from ecg_tune.training.metrics import better
+
+if TYPE_CHECKING:
+    from ecg_tune.data import Dataset
+    from ecg_tune.refit import RefitSetup
 
 # Published CinC 2017 figures (see the project's notes): not measured here, quoted.
 ANCHORS = [
@@ -42,7 +47,7 @@ def _scores(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], se
     return _headline(test_metrics(truth, probabilities, classes, seed=seed))
 
 
-def duration_baselines(dataset, train_index: np.ndarray, test_index: np.ndarray, seed: int = 0) -> dict:
+def duration_baselines(dataset: Dataset, train_index: np.ndarray, test_index: np.ndarray, seed: int = 0) -> dict:
     """Classifiers that see only each record's length, fitted on train_index, scored on test_index.
 
     Features: log(length) and whether the length is the training records' most common one (69 %
@@ -57,6 +62,7 @@ def duration_baselines(dataset, train_index: np.ndarray, test_index: np.ndarray,
     modal = values[np.argmax(counts)]
     features = np.column_stack([np.log(lengths), lengths == modal]).astype(float)
     labels = dataset.tensors.labels
+    assert labels is not None  # a prepared dataset is labelled
     classes = list(dataset.records.classes)
     models = {
         "logistic regression": LogisticRegression(max_iter=1000),
@@ -72,7 +78,7 @@ def duration_baselines(dataset, train_index: np.ndarray, test_index: np.ndarray,
     return result
 
 
-def fitted_matrix(dataset, index: np.ndarray, input_length: int) -> np.ndarray:
+def fitted_matrix(dataset: Dataset, index: np.ndarray, input_length: int) -> np.ndarray:
     """Records at `index` zero-padded at the end or centre-trimmed to input_length, as (n, 1, L)."""
     from ecg_tune.signal.augment import fit_to_length
 
@@ -84,7 +90,7 @@ def fitted_matrix(dataset, index: np.ndarray, input_length: int) -> np.ndarray:
     return np.concatenate(rows)[:, None, :].astype(np.float64)
 
 
-def minirocket(dataset, train_index: np.ndarray, val_index: np.ndarray, test_index: np.ndarray,
+def minirocket(dataset: Dataset, train_index: np.ndarray, val_index: np.ndarray, test_index: np.ndarray,
                input_length: int, n_kernels: int = 10_000, seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """MiniRocket features + RidgeClassifierCV: validation score of a train fit (with its wall
     time), and test score of a train + val fit."""
@@ -102,6 +108,7 @@ def minirocket(dataset, train_index: np.ndarray, val_index: np.ndarray, test_ind
     from ecg_tune.training.metrics import classification_metrics
 
     labels = dataset.tensors.labels
+    assert labels is not None  # a prepared dataset is labelled
     classes = list(dataset.records.classes)
     jobs = os.cpu_count() or 1
 
@@ -132,14 +139,12 @@ def search_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, in
     """The search's best-so-far curve, timed from its first trial's start (Ray's own start-up,
     some seconds, is not counted), and its number of trials."""
     from ecg_tune.benchmarks.common import best_so_far
-    from ecg_tune.runs import RunFolder
-from ecg_tune.training.metrics import better
 
     histories = RunFolder(run_dir).histories()
     return (*best_so_far(histories, metric), len(histories))
 
 
-def pad_versus_crop(run_dir: Path, setup, cpus: float = 1.0, log: Callable[[str], None] = print) -> dict:
+def pad_versus_crop(run_dir: Path, setup: RefitSetup, cpus: float = 1.0, log: Callable[[str], None] = print) -> dict:
     """Test scores of the best config trained with fit=pad and fit=crop (the refit's own report is
     reused for the fit the search chose; the other is refitted the same way)."""
     from ecg_tune.refit import train_and_predict
@@ -147,8 +152,9 @@ def pad_versus_crop(run_dir: Path, setup, cpus: float = 1.0, log: Callable[[str]
     report = RunFolder(run_dir).report()
     chosen = setup.config.fit
     classes = list(setup.dataset.records.classes)
+    assert setup.dataset.tensors.labels is not None  # a prepared dataset is labelled
     truth = setup.dataset.tensors.labels[setup.test_index]
-    result = {chosen: _headline(report["test"])}
+    result: dict[str, dict] = {chosen: _headline(report["test"])}
     other = "crop" if chosen == "pad" else "pad"
     log(f"pad vs crop: the search chose fit={chosen}; refitting with fit={other}")
     output = train_and_predict(setup.config.with_updates(fit=other), setup.dataset, setup.train_index,
@@ -172,13 +178,14 @@ def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, cpus: float = 
 
     duration = duration_baselines(dataset, np.concatenate([train, val]), test, seed=setup.config.seed)
     for name, scores in duration.items():
-        log(f"duration-only ({name}): test " + ", ".join(f"{k} {scores[k]:.3f}" for k in ("accuracy", "macro_f1", "cinc_f1") if k in scores))
+        log(f"duration-only ({name}): test "
+            + ", ".join(f"{k} {scores[k]:.3f}" for k in ("accuracy", "macro_f1", "cinc_f1") if k in scores))
     rocket = minirocket(dataset, train, val, test, input_length, n_kernels=n_kernels, seed=setup.config.seed, log=log)
     metric = best.metric
     times, curve, trials = search_curve(run_dir, metric)
     rocket["search_best_val_at_same_wall_time"] = value_at(times, curve, rocket["train_wall_s"])
     rocket["search_seconds_to_beat_minirocket_val"] = next(
-        (float(t) for t, v in zip(times, curve)
+        (float(t) for t, v in zip(times, curve, strict=False)
          if metric.removeprefix("val_") in rocket["validation"]
          and better(metric, v, rocket["validation"][metric.removeprefix("val_")])),
         None)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def _spread(values: np.ndarray, at: list[float], group: list[dict], reach: list)
 
 
 def _time_to(run: dict, target: float) -> float | None:
-    for t, value in zip(run["curve_s"], run["curve_best"]):
+    for t, value in zip(run["curve_s"], run["curve_best"], strict=False):
         if not better(run["metric"], target, value):  # as good as the target or better
             return float(t)
     return None

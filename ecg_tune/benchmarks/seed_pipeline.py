@@ -9,6 +9,8 @@ here, not its defects). Used only by `benchmark pipeline`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import pywt
@@ -38,7 +40,7 @@ def seed_transform(x: np.ndarray, transform: str, wavelet: str = "db2", levels: 
 
 
 def seed_batches(frame: pd.DataFrame, batch_size: int, input_length: int, transform: str,
-                 seed: int = 0):
+                 seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches as the notebook's Dataset + DataLoader produced them, one row at a time."""
     rng = np.random.default_rng(seed)
     for begin in range(0, len(frame) - batch_size + 1, batch_size):

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ecg_tune.data import cache
 from ecg_tune.data.records import Records
+from ecg_tune.data.sources import LabelColumn, read_source, some_of, source_kind
 from ecg_tune.data.tensors import TensorData
-from ecg_tune.data.sources import LabelColumn, read_source, source_kind, some_of
 from ecg_tune.errors import DataError
 
 __all__ = ["Dataset", "Records", "TensorData", "check_records", "load", "prepare"]
@@ -37,7 +37,7 @@ def load(source: str, label_column: LabelColumn | None = None, use_cache: bool =
         try:
             records = cache.read_records(entry)
         except Exception as exc:  # a damaged cache entry is rebuilt, never fatal
-            warnings.warn(f"{entry}: unreadable cache entry rebuilt ({type(exc).__name__})")
+            warnings.warn(f"{entry}: unreadable cache entry rebuilt ({type(exc).__name__})", stacklevel=1)
         else:
             records.source = source
             return records
@@ -49,7 +49,7 @@ def load(source: str, label_column: LabelColumn | None = None, use_cache: bool =
         try:
             cache.write_records(records, entry)
         except OSError as exc:
-            warnings.warn(f"{entry}: could not write the data cache ({exc})")
+            warnings.warn(f"{entry}: could not write the data cache ({exc})", stacklevel=1)
         elapsed = time.perf_counter() - started
         if progress and elapsed > 5:
             print(f"read {len(records)} records from {source} in {elapsed:.0f} s; cached in {entry}",
@@ -62,10 +62,10 @@ def check_records(records: Records) -> None:
     where = records.source or "data"
     if len(records) == 0:
         raise DataError(f"{where}: no records")
-    empty = [rid for rid, s in zip(records.record_ids, records.signals) if s.size == 0]
+    empty = [rid for rid, s in zip(records.record_ids, records.signals, strict=False) if s.size == 0]
     if empty:
         raise DataError(f"{where}: {len(empty)} empty record(s): {some_of(empty)}")
-    bad = [rid for rid, s in zip(records.record_ids, records.signals) if not np.isfinite(s).all()]
+    bad = [rid for rid, s in zip(records.record_ids, records.signals, strict=False) if not np.isfinite(s).all()]
     if bad:
         raise DataError(f"{where}: {len(bad)} record(s) with NaN or infinite samples: {some_of(bad)}")
     if len(set(records.record_ids)) != len(records.record_ids):

@@ -42,7 +42,8 @@ def cache_key(source: Path, options: dict) -> str:
     else:
         files = [source] + sorted(
             p for p in source.parent.iterdir()
-            if p.is_file() and p != source and p.stem.upper().replace("_TEST", "_TRAIN") == source.stem.upper().replace("_TEST", "_TRAIN")
+            if p.is_file() and p != source
+            and p.stem.upper().replace("_TEST", "_TRAIN") == source.stem.upper().replace("_TEST", "_TRAIN")
         )
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": CACHE_VERSION, "source": str(source), "options": options},
@@ -69,9 +70,12 @@ def write_records(records: Records, path: Path) -> None:
     columns = {
         "record": pa.array(records.record_ids, pa.string()),
         "signal": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-        "label": pa.array(records.labels, pa.int64()) if records.labels is not None else pa.nulls(len(records), pa.int64()),
-        "group": pa.array(records.groups, pa.string()) if records.groups is not None else pa.nulls(len(records), pa.string()),
-        "split": pa.array(records.split, pa.string()) if records.split is not None else pa.nulls(len(records), pa.string()),
+        "label": (pa.array(records.labels, pa.int64()) if records.labels is not None
+                 else pa.nulls(len(records), pa.int64())),
+        "group": (pa.array(records.groups, pa.string()) if records.groups is not None
+                 else pa.nulls(len(records), pa.string())),
+        "split": (pa.array(records.split, pa.string()) if records.split is not None
+                 else pa.nulls(len(records), pa.string())),
     }
     meta = {
         "classes": records.classes,

@@ -46,7 +46,7 @@ class Records:
     def labelled(self) -> bool:
         return self.labels is not None
 
-    def subset(self, index: np.ndarray | list[int]) -> "Records":
+    def subset(self, index: np.ndarray | list[int]) -> Records:
         """The records at `index`, in that order."""
         index = [int(i) for i in index]
         pick = lambda seq: None if seq is None else [seq[i] for i in index]  # noqa: E731
@@ -65,4 +65,4 @@ class Records:
         if self.labels is None:
             return {}
         counts = np.bincount(self.labels, minlength=len(self.classes))
-        return {name: int(c) for name, c in zip(self.classes, counts)}
+        return {name: int(c) for name, c in zip(self.classes, counts, strict=False)}

@@ -21,9 +21,10 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -126,7 +127,8 @@ def read_physionet_folder(folder: Path, progress: bool = True) -> Records:
         )
     unlabelled = len(known) - len({rec for rec, _ in rows})
     if unlabelled > 0:
-        warnings.warn(f"{folder}: {unlabelled} record(s) have no label in REFERENCE.csv and are left out")
+        warnings.warn(f"{folder}: {unlabelled} record(s) have no label in REFERENCE.csv and are left out",
+                      stacklevel=1)
     records = read_wfdb_records([folder / rec for rec, _ in rows], source=str(folder), progress=progress)
     classes, labels = encode_labels([label for _, label in rows], where=str(reference))
     records.labels = labels
@@ -164,13 +166,15 @@ def read_wfdb_records(paths: list[Path], source: str, progress: bool = True) -> 
                                  f"reading {len(paths)} WFDB records")
     rates = {fs for _, fs, _ in results}
     if len(rates) > 1:
-        by_rate = {fs: str(p.name) for p, (_, fs, _) in zip(paths, results)}
+        by_rate = {fs: str(p.name) for p, (_, fs, _) in zip(paths, results, strict=False)}
         raise DataError(
-            f"{source}: records have different sampling rates ({', '.join(f'{r:g} Hz in {n}' for r, n in by_rate.items())})"
+            f"{source}: records have different sampling rates "
+            f"({', '.join(f'{r:g} Hz in {n}' for r, n in by_rate.items())})"
         )
-    multi = [p.name for p, (_, _, n_leads) in zip(paths, results) if n_leads > 1]
+    multi = [p.name for p, (_, _, n_leads) in zip(paths, results, strict=False) if n_leads > 1]
     if multi:
-        warnings.warn(f"{source}: {len(multi)} record(s) have several leads; the first lead is used ({some_of(multi)})")
+        warnings.warn(f"{source}: {len(multi)} record(s) have several leads; the first lead is used ({some_of(multi)})",
+                      stacklevel=1)
     return Records(
         signals=[signal for signal, _, _ in results],
         labels=None,
@@ -253,7 +257,7 @@ def _read_one_table(path: Path, label_column: LabelColumn | None, split: str | N
     if suffix in PICKLE_SUFFIXES or suffix == ".parquet":
         return _records_from_frame(_read_frame(path), path, split=split, id_prefix=id_prefix,
                                    label_column=label_column)
-    default = "first" if suffix in UCR_SUFFIXES else "last"
+    default: LabelColumn = "first" if suffix in UCR_SUFFIXES else "last"
     return _read_wide_text(path, label_column or default, split=split)
 
 
@@ -283,7 +287,8 @@ def _records_from_frame(frame: pd.DataFrame, path: Path, split: str | None, id_p
     n = len(signals)
     ids = ([str(r) for r in frame["record"]] if "record" in frame.columns
            else [f"{id_prefix}_{i:05d}" for i in range(n)])
-    classes, labels = [], None
+    classes: list[str] = []
+    labels: np.ndarray | None = None
     if "label" in frame.columns and label_column != "none":
         classes, labels = encode_labels(list(frame["label"]), where=f"{path}: column 'label'")
     fs = None
@@ -293,6 +298,7 @@ def _records_from_frame(frame: pd.DataFrame, path: Path, split: str | None, id_p
             raise DataError(f"{path}: column 'fs' holds several sampling rates ({some_of(list(rates))})")
         fs = float(rates[0])
     groups = [str(g) for g in frame["group"]] if "group" in frame.columns else None
+    splits: list[str] | None
     if "split" in frame.columns:
         splits = [str(s) for s in frame["split"]]
         unknown = sorted(set(splits) - {"train", "val", "test"})
@@ -341,7 +347,8 @@ def _read_wide_text(path: Path, label_column: LabelColumn, split: str | None) ->
             raise DataError(f"{path}: row {row_number} has non-numeric, NaN or infinite samples")
         signals.append(row.astype(np.float32))
     ids = [f"{path.stem}_{i:05d}" for i in range(len(signals))]
-    classes, labels = ([], None) if raw_labels is None else encode_labels(raw_labels, where=f"{path}: label column ({label_column})")
+    classes, labels = (([], None) if raw_labels is None
+                       else encode_labels(raw_labels, where=f"{path}: label column ({label_column})"))
     return Records(signals=signals, labels=labels, classes=classes, record_ids=ids,
                    split=None if split is None else [split] * len(signals), source=str(path))
 
@@ -352,7 +359,9 @@ def _split_pair(path: Path) -> list[tuple[str, Path]] | None:
         return None
     files = []
     for split, word in (("train", "TRAIN"), ("test", "TEST")):
-        name = _SPLIT_NAME.sub(lambda m: "_" + (word if m.group(1).isupper() else word.lower()), path.name)
+        # sub calls the lambda right away, so late binding of `word` is harmless.
+        name = _SPLIT_NAME.sub(lambda m: "_" + (word if m.group(1).isupper() else word.lower()),  # noqa: B023
+                               path.name)
         candidate = path.with_name(name)
         if candidate.is_file():
             files.append((split, candidate))
@@ -401,7 +410,7 @@ def _concat(parts: list[Records], source: str) -> Records:
     classes: list[str] = []
     labels = None
     if all(labelled):
-        names = [p.classes[i] for p in parts for i in p.labels]
+        names = [p.classes[i] for p in parts if p.labels is not None for i in p.labels]  # all labelled here
         classes, labels = encode_labels(names, where=source)
     split = None
     if any(p.split is not None for p in parts):

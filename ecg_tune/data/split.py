@@ -41,6 +41,7 @@ def make_split(records: Records, val_fraction: float = 0.15, test_fraction: floa
                 f"{where}: {len(records)} records are too few for a train/val/test split "
                 f"(the {part} part would be empty)"
             )
+    assert records.labels is not None  # require_labels above
     train_classes = {records.classes[i] for i in records.labels[split == "train"]}
     if len(train_classes) < 2:
         raise DataError(f"{where}: the train part has a single class ({some_of(sorted(train_classes))})")
@@ -59,6 +60,8 @@ def require_labels(records: Records) -> None:
 
 def _carve(records: Records, split: np.ndarray, fractions: dict[str, float], seed: int) -> None:
     """Move units (patients, or records) from train into the missing parts, class by class."""
+    assert records.labels is not None  # only called by make_split, after require_labels
+    labels = records.labels
     rng = np.random.default_rng(seed)
     units = records.groups if records.groups is not None else records.record_ids
     members: dict[str, list[int]] = defaultdict(list)
@@ -68,7 +71,7 @@ def _carve(records: Records, split: np.ndarray, fractions: dict[str, float], see
     by_class: dict[int, list[str]] = defaultdict(list)
     for unit, indices in members.items():
         # A patient counts for the class most of their records have.
-        label = Counter(int(records.labels[i]) for i in indices).most_common(1)[0][0]
+        label = Counter(int(labels[i]) for i in indices).most_common(1)[0][0]
         by_class[label].append(unit)
     rare = []
     for label in sorted(by_class):
@@ -91,7 +94,8 @@ def _carve(records: Records, split: np.ndarray, fractions: dict[str, float], see
     if rare:
         warnings.warn(
             f"{records.source or 'data'}: class(es) {', '.join(rare)} too rare to appear in every split; "
-            "kept in train only"
+            "kept in train only",
+            stacklevel=1,
         )
 
 
@@ -102,7 +106,7 @@ def save_split(records: Records, split: np.ndarray, path: str | Path) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["record", "split"])
-        writer.writerows(zip(records.record_ids, split))
+        writer.writerows(zip(records.record_ids, split, strict=False))
     return path
 
 
@@ -119,7 +123,8 @@ def load_split(path: str | Path, records: Records) -> np.ndarray:
     assigned = {row["record"]: row["split"] for row in rows}
     missing = [rid for rid in records.record_ids if rid not in assigned]
     if missing:
-        raise DataError(f"{path}: {len(missing)} record(s) of {records.source} are not in the split file: {some_of(missing)}")
+        raise DataError(f"{path}: {len(missing)} record(s) of {records.source} are not in the split file: "
+                        f"{some_of(missing)}")
     unknown = sorted({s for s in assigned.values() if s not in (*PARTS, UNUSED)})
     if unknown:
         raise DataError(f"{path}: unknown split names {some_of(unknown)} (expected train, val, test or {UNUSED})")

@@ -91,7 +91,7 @@ def generate(n_records: int, seed: int = 0) -> Records:
 
     signals: list[np.ndarray] = []
     kinds: list[str] = []
-    for rng, label in zip(rngs, labels):
+    for rng, label in zip(rngs, labels, strict=False):
         sig, kind = _record(rng, int(label))
         signals.append(sig)
         kinds.append(kind)

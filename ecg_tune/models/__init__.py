@@ -55,7 +55,7 @@ class EcgModel(nn.Module):
     head: nn.Module  # set by the subclass, after its feature layers (keeps parameter order)
 
     @classmethod
-    def build(cls, in_channels: int, input_length: int, n_classes: int, options: PartOptions) -> "EcgModel":
+    def build(cls, in_channels: int, input_length: int, n_classes: int, options: PartOptions) -> EcgModel:
         """The model for these sizes and (validated) options; the default passes every option
         to the constructor by name."""
         return cls(in_channels, input_length, n_classes, **options.model_dump())

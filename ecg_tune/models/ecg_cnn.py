@@ -40,7 +40,7 @@ class ECGCNN(EcgModel):
         channels = [max(1, round(c * width / 32)) for c in _BASE_CHANNELS]
         blocks: list[nn.Module] = []
         c_in, length = in_channels, input_length
-        for c_out, k in zip(channels, _KERNELS):
+        for c_out, k in zip(channels, _KERNELS, strict=False):
             pool = length >= 2
             blocks += [
                 nn.Conv1d(c_in, c_out, k, padding=k // 2),

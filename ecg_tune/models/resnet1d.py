@@ -65,7 +65,7 @@ class MultiScaleConv1d(nn.Module):
         sizes = _split_channels(c_out, len(branches))
         self.branches = nn.ModuleList(
             nn.Conv1d(c_in, c, k, stride=stride, padding=d * (k // 2), dilation=d, bias=False)
-            for c, (k, d) in zip(sizes, branches)
+            for c, (k, d) in zip(sizes, branches, strict=False)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

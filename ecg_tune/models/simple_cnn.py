@@ -15,14 +15,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
-
 from pydantic import Field
+from torch import nn
 
 from ecg_tune.errors import ConfigError
 from ecg_tune.models import MODELS, EcgModel
-from ecg_tune.registry import PartOptions
 from ecg_tune.models.svm import SVMOptions
+from ecg_tune.registry import PartOptions
 
 _KERNEL = 3
 _CHANNELS = (16, 32)
@@ -81,7 +80,8 @@ class SimpleCNN(EcgModel):
         for module in self.modules():
             if isinstance(module, (nn.Conv1d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # every layer here has one
+                    nn.init.zeros_(module.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, fixed_length=True)
@@ -100,6 +100,6 @@ class CNNWithSVM(SimpleCNN):
     uses_svm = True
 
     @classmethod
-    def build(cls, in_channels: int, input_length: int, n_classes: int, options: PartOptions) -> "CNNWithSVM":
+    def build(cls, in_channels: int, input_length: int, n_classes: int, options: PartOptions) -> CNNWithSVM:
         assert isinstance(options, CnnSvmOptions)  # the SVM's options are read by the SVM stage
         return cls(in_channels, input_length, n_classes, options.feature_size)

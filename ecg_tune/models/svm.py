@@ -21,7 +21,7 @@ from the fit gets a zero column.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -43,7 +43,7 @@ class SVMOptions(PartOptions):
     """The config keys of the SVM stage (read by the models that use one, e.g. cnn_svm)."""
 
     svm_c: float = Field(1.0, gt=0)
-    svm_gamma: Union[float, Literal["scale", "auto"]] = "scale"
+    svm_gamma: float | Literal["scale", "auto"] = "scale"
     # Training records the SVM is fitted on per epoch (stratified subsample when more).
     svm_max_train: int = Field(3000, ge=1)
 
@@ -82,7 +82,7 @@ def stratified_subsample(labels: np.ndarray, max_rows: int, seed: int = 0,
             take[i] += 1
     rng = np.random.default_rng(seed)
     picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
-              for c, k in zip(classes, take)]
+              for c, k in zip(classes, take, strict=False)]
     return np.sort(np.concatenate(picked))
 
 
@@ -204,7 +204,7 @@ class SVMStage:
         })
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> "SVMStage":
+    def from_bytes(cls, blob: bytes) -> SVMStage:
         """Load `to_bytes` output, refusing any type skops does not trust by default."""
         import skops.io as sio
 

@@ -25,7 +25,7 @@ from ecg_tune.config import default_value
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
 from ecg_tune.models import MODELS
-from ecg_tune.search.space import Choice, Constant, IntRange, SearchSpace, ParameterBase, check_value, fmt
+from ecg_tune.search.space import Choice, Constant, IntRange, ParameterBase, SearchSpace, check_value, fmt
 from ecg_tune.signal.transforms import TRANSFORMS, BatchTransform
 
 # The trial's length when a space has no input_length: TrainConfig's None means the training
@@ -55,7 +55,7 @@ class DataFacts:
             )
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset) -> "DataFacts":
+    def from_dataset(cls, dataset: Dataset) -> DataFacts:
         lengths = dataset.records.lengths
         return cls(n_records=len(dataset.records), min_length=int(lengths.min()),
                    median_length=int(np.median(lengths[dataset.index("train")])),
@@ -135,7 +135,7 @@ def _limit_table(params: Mapping[str, ParameterBase], facts: DataFacts, min_inpu
                        for n in _values_or_default(params, "input_length", target)]
             others = [_values_or_default(params, key, target) for key in cls.limited_by]
             for length, *values in itertools.product(lengths, *others):
-                options = dict(zip(cls.limited_by, values))
+                options = dict(zip(cls.limited_by, values, strict=False))
                 limit = cls.option_limits(int(length), options, min_input)[option]
                 where = ", ".join([*(f"{k} {fmt(v)}" for k, v in options.items()), f"{length} samples"])
                 table.setdefault(option, {}).setdefault(limit, where)
@@ -161,7 +161,7 @@ def _check_user_space(space: SearchSpace, params: Mapping[str, ParameterBase], f
             lengths = [n if n is not None else facts.default_input_length
                        for n in _values_or_default(params, "input_length", target)]
             others = [_values_or_default(params, key, target) for key in cls.limited_by]
-            combos = [(int(n), dict(zip(cls.limited_by, values)))
+            combos = [(int(n), dict(zip(cls.limited_by, values, strict=False)))
                       for n, *values in itertools.product(lengths, *others)]
             n, options = min(combos, key=lambda c: cls.option_limits(c[0], c[1], min_input)[option])
             allowed = cls.option_limits(n, options, min_input)[option]

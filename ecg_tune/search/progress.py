@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from ecg_tune.search.trainable import sampled_values
 from ecg_tune.training.metrics import best_index, better, direction
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
 
 
 class SearchProgress(Callback):
@@ -33,12 +37,13 @@ class SearchProgress(Callback):
         seconds = int(time.perf_counter() - self.started)
         return f"{seconds // 60:3d}:{seconds % 60:02d}"
 
-    def _row(self, trial) -> dict:
+    def _row(self, trial: Trial) -> dict:
         return self.trials.setdefault(trial.trial_id, {"epoch": 0, "best": None, "last": None,
                                                        "status": "running",
                                                        "config": sampled_values(trial.config)})
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
+                        **info: Any) -> None:
         row = self._row(trial)
         row["epoch"] = int(result.get("training_iteration", row["epoch"]))
         value = result.get(self.metric)
@@ -52,16 +57,16 @@ class SearchProgress(Callback):
         self._print(f"{self._clock()} trial {trial.trial_id} epoch {row['epoch']}/{self.max_epochs} "
                     f"{self.metric} {shown}{lead}")
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._row(trial)["status"] = "done" if self._row(trial)["epoch"] >= self.max_epochs else "stopped"
         self._table()
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._row(trial)["status"] = "errored"
         self._print(f"{self._clock()} trial {trial.trial_id} raised an error (retried from its checkpoint "
                     "until the retry limit; see its error.txt in experiment/)")
 
-    def _leader(self):
+    def _leader(self) -> tuple[str, dict] | None:
         scored = [(tid, row) for tid, row in self.trials.items() if row["best"] is not None]
         return scored[best_index(self.metric, [row["best"] for _, row in scored])] if scored else None
 
@@ -69,7 +74,8 @@ class SearchProgress(Callback):
         finished = sum(r["status"] != "running" for r in self.trials.values())
         self._print(f"{self._clock()} {finished}/{self.total} trials finished")
         sign = 1.0 if direction(self.metric) == "min" else -1.0
-        ranked = sorted(self.trials.items(), key=lambda item: (item[1]["best"] is None, sign * (item[1]["best"] or 0.0)))
+        ranked = sorted(self.trials.items(),
+                        key=lambda item: (item[1]["best"] is None, sign * (item[1]["best"] or 0.0)))
         for trial_id, row in ranked:
             best = f"{row['best']:.4f}" if row["best"] is not None else "   n/a"
             keys = ("model", "transform", "wavelet", "levels", "augmentation", "input_length")

@@ -40,7 +40,7 @@ class DefineByRun:
         self.space = space
         self.min_input = space_min_input(space.parameters)
 
-    def __call__(self, trial: "optuna.trial.Trial") -> dict[str, Any]:
+    def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         facts = self.space.adapted_facts
         chosen: dict[str, Any] = {}
         constants: dict[str, Any] = {}

@@ -35,7 +35,7 @@ import difflib
 import json
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -57,7 +57,7 @@ from ecg_tune.signal.transforms import TRANSFORMS
 if TYPE_CHECKING:
     from ecg_tune.search.adapt import DataFacts
 
-Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
 KINDS = ("choice", "int", "float", "constant")
 RESERVED = ("description", "search")
 
@@ -140,7 +140,7 @@ class _Range(ParameterBase):
     log: StrictBool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> "_Range":
+    def _ordered(self) -> _Range:
         low, high = self.low, self.high  # type: ignore[attr-defined]
         if low > high:
             raise ValueError(f"low {fmt(low)} is greater than high {fmt(high)}")
@@ -172,7 +172,7 @@ class IntRange(_Range):
     step: StrictInt = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _log_step(self) -> "IntRange":
+    def _log_step(self) -> IntRange:
         if self.log and self.step != 1:
             raise ValueError("step: Optuna cannot combine log with a step other than 1")
         return self
@@ -186,29 +186,29 @@ def _finite(value: float) -> float:
 
 class FloatRange(_Range):
     type: Literal["float"] = "float"
-    low: Union[StrictInt, StrictFloat]
-    high: Union[StrictInt, StrictFloat]
-    step: Union[StrictInt, StrictFloat, None] = Field(None, gt=0)
+    low: StrictInt | StrictFloat
+    high: StrictInt | StrictFloat
+    step: StrictInt | StrictFloat | None = Field(None, gt=0)
 
     _check_finite = field_validator("low", "high")(_finite)
 
     @model_validator(mode="after")
-    def _log_step(self) -> "FloatRange":
+    def _log_step(self) -> FloatRange:
         if self.log and self.step is not None:
             raise ValueError("step: Optuna cannot combine log with a step")
         return self
 
 
-Parameter = Annotated[Union[Choice, IntRange, FloatRange, Constant], Field(discriminator="type")]
+Parameter = Annotated[Choice | IntRange | FloatRange | Constant, Field(discriminator="type")]
 
 
 # The bounds of the search settings, declared once: the `search:` block of a space and the
 # command-line options that override it (search/tuner.py's SearchOptions) both use these types.
 MaxEpochs = Annotated[StrictInt, Field(ge=1)]  # epochs per trial = ASHA's max_t
 GracePeriod = Annotated[StrictInt, Field(ge=1)]  # ASHA: epochs before a trial may be stopped
-ReductionFactor = Annotated[Union[StrictInt, StrictFloat], Field(gt=1)]  # ASHA keeps 1/this per rung
+ReductionFactor = Annotated[StrictInt | StrictFloat, Field(gt=1)]  # ASHA keeps 1/this per rung
 NumSamples = Annotated[StrictInt, Field(ge=1)]  # trials (a grid runs every config once)
-TimeBudget = Annotated[Union[StrictInt, StrictFloat], Field(gt=0)]  # seconds
+TimeBudget = Annotated[StrictInt | StrictFloat, Field(gt=0)]  # seconds
 
 
 class SearchSettings(BaseModel):
@@ -224,7 +224,7 @@ class SearchSettings(BaseModel):
     time_budget: TimeBudget | None = None  # no new trials after it; running ones are stopped
 
     @model_validator(mode="after")
-    def _grace_within_budget(self) -> "SearchSettings":
+    def _grace_within_budget(self) -> SearchSettings:
         if self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period: {self.grace_period} is more than max_epochs {self.max_epochs}")
         return self
@@ -253,13 +253,13 @@ class SearchSpace(BaseModel):
         return self.search.searcher == "grid"
 
     @property
-    def adapted_facts(self) -> "DataFacts":
+    def adapted_facts(self) -> DataFacts:
         if self.facts is None:
             raise ValueError("the space has not been adapted to data (search.adapt.adapt)")
         return self.facts  # type: ignore[no-any-return]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SearchSpace":
+    def _consistent(self) -> SearchSpace:
         known = config_keys()
         seen: dict[str, Any] = {}
         for key, p in self.parameters.items():
@@ -286,7 +286,7 @@ class SearchSpace(BaseModel):
 
     @classmethod
     def from_mapping(cls, raw: object, *, name: str = "space", where: str | None = None,
-                     shipped: bool = False) -> "SearchSpace":
+                     shipped: bool = False) -> SearchSpace:
         """A space from a plain mapping shaped like a space file (parameters, `search`,
         `description`); ConfigError naming `where` and the key for any problem."""
         where = where or name
@@ -419,5 +419,7 @@ _UNION_MEMBERS = {"bool", "int", "float", "str", "none"}
 
 
 def _fields_of(kind: str) -> list[str]:
-    model = {"choice": Choice, "int": IntRange, "float": FloatRange, "constant": Constant}[kind]
+    models: dict[str, type[ParameterBase]] = {"choice": Choice, "int": IntRange, "float": FloatRange,
+                                              "constant": Constant}
+    model = models[kind]
     return [f for f in model.model_fields if f not in ("type", "when")]

@@ -99,7 +99,8 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
     settings = space.search
     metric = options.metric or ranking_metric(facts.classes)
     if metric not in validation_metrics(facts.classes):
-        raise ConfigError(f"--metric {metric}: not reported; choose one of {', '.join(validation_metrics(facts.classes))}")
+        choices = ", ".join(validation_metrics(facts.classes))
+        raise ConfigError(f"--metric {metric}: not reported; choose one of {choices}")
     if options.gpus_per_trial is None:
         gpus = 0.25 if cluster_gpus > 0 else 0.0
     else:
@@ -223,6 +224,7 @@ def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: Dat
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    sampler: optuna.samplers.BaseSampler
     if plan.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
     else:

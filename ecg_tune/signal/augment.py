@@ -178,7 +178,7 @@ def _copy_windows(
     x: Tensor,
     starts: Sequence[int],
     shifts: Sequence[int] | None,
-    ramp: "_Ramp | None",
+    ramp: _Ramp | None,
     out: Tensor,
 ) -> None:
     """out[b, i] = x[b, starts[b] + ((i - shifts[b]) mod N)], x read as zero beyond its width.
@@ -316,14 +316,14 @@ class BatchAugmenter:
             lo, span = 1.0 - p.warp, 2.0 * p.warp
             factor = [lo + span * v for v in u[0 : k * b : k]]
             # Records of fewer than 2 samples have no shape to stretch.
-            warped = [round(ln * f) if ln >= 2 else ln for ln, f in zip(lens, factor)]
+            warped = [round(ln * f) if ln >= 2 else ln for ln, f in zip(lens, factor, strict=False)]
         else:
             factor, warped = [1.0] * b, lens
         excess = [lw - n if lw > n else 0 for lw in warped]
         if self.fit == "pad":
             start = [e // 2 for e in excess]
         else:
-            start = [pick(v, e + 1) for v, e in zip(u[1 : k * b : k], excess)]
+            start = [pick(v, e + 1) for v, e in zip(u[1 : k * b : k], excess, strict=False)]
         if self.shift_on:
             m = self.max_shift
             shift = [pick(v, 2 * m + 1) - m for v in u[2 : k * b : k]]
@@ -410,7 +410,7 @@ class BatchAugmenter:
         dev = x.device
         steps = [
             (length - 1) / (lw - 1) if length >= 2 and lw >= 2 else 1.0
-            for length, lw in zip(lens, draws.warped)
+            for length, lw in zip(lens, draws.warped, strict=False)
         ]
         # Columns up to the right neighbour of the furthest position read (q = N - 1), with a
         # margin for float32 rounding, must exist: the right gather must not leave its row.

@@ -52,9 +52,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pywt
 import torch
-from torch import Tensor, nn
-
 from pydantic import Field, field_validator
+from torch import Tensor, nn
 
 from ecg_tune.errors import ConfigError
 from ecg_tune.registry import NoOptions, PartOptions, Registry
@@ -94,7 +93,7 @@ class BatchTransform(nn.Module):
     limited_by: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def build(cls, input_length: int, options: PartOptions) -> "BatchTransform":
+    def build(cls, input_length: int, options: PartOptions) -> BatchTransform:
         """The transform for `input_length`-sample inputs with these (validated) options."""
         return cls(input_length, **options.model_dump())
 
@@ -154,7 +153,7 @@ class FourierTransform(BatchTransform):
     Options = FourierOptions
 
     @classmethod
-    def build(cls, input_length: int, options: PartOptions) -> "FourierTransform":
+    def build(cls, input_length: int, options: PartOptions) -> FourierTransform:
         assert isinstance(options, FourierOptions)
         return cls(input_length, log=options.fourier_log)
 
@@ -266,7 +265,7 @@ def _composite_filters(wavelet: pywt.Wavelet, levels: int) -> list[tuple[np.ndar
     for j in range(1, levels + 1):
         step = 2 ** (j - 1)
 
-        def upsample(h: np.ndarray) -> np.ndarray:
+        def upsample(h: np.ndarray, step: int = step) -> np.ndarray:  # binds this level's stride
             u = np.zeros((len(h) - 1) * step + 1)
             u[::step] = h
             return u
@@ -359,7 +358,7 @@ def _derive_plan(n: int, wavelet: pywt.Wavelet, levels: int, exhaustive: bool) -
         coeffs = pywt.wavedec(impulses, wavelet, mode="symmetric", level=levels, axis=-1)
         in_left = chunk < p_left
         in_right = chunk >= n_probe - p_right
-        for i, (b, j, band) in enumerate(zip(bands, levels_of, coeffs)):
+        for i, (b, j, band) in enumerate(zip(bands, levels_of, coeffs, strict=False)):
             if b.k_lo:
                 left[chunk[in_left], left_cols[i] : left_cols[i + 1]] = band[in_left, : b.k_lo]
             if right_cols[i + 1] > right_cols[i]:
@@ -397,7 +396,7 @@ def _plan_matches_pywt(plan: _WaveletPlan, wavelet: pywt.Wavelet) -> bool:
     got = _apply_plan_numpy(plan, x)
     return all(
         r.shape == g.shape and np.allclose(g, r, rtol=1e-9, atol=1e-9 * np.abs(r).max())
-        for r, g in zip(ref, got)
+        for r, g in zip(ref, got, strict=False)
     )
 
 
@@ -417,16 +416,16 @@ def _aligned_index(plan: _WaveletPlan) -> tuple[np.ndarray, int]:
     f = plan.filter_len
     offsets = [(f - 3) * (b.stride - 2) + b.stride for b in plan.bands]
     p_first = min(
-        [0] + [(2 * b.stride - e - 1) // 4 for b, e in zip(plan.bands, offsets)]
+        [0] + [(2 * b.stride - e - 1) // 4 for b, e in zip(plan.bands, offsets, strict=False)]
     )  # last p where every band is still at its coefficient 0
     p_last = max(
-        -(-((b.length - 1) * 2 * b.stride - e) // 4) for b, e in zip(plan.bands, offsets)
+        -(-((b.length - 1) * 2 * b.stride - e) // 4) for b, e in zip(plan.bands, offsets, strict=False)
     )  # first p where every band has reached its last coefficient
     positions = np.arange(p_first, p_last + 1)
     index = np.stack(
         [
             np.clip((4 * positions + e) // (2 * b.stride), 0, b.length - 1)
-            for b, e in zip(plan.bands, offsets)
+            for b, e in zip(plan.bands, offsets, strict=False)
         ]
     )
     return index, int(p_first)
@@ -488,6 +487,11 @@ class WaveletTransform(BatchTransform):
     Options = WaveletOptions
     limited_options = ("levels",)
     limited_by = ("wavelet",)
+    # Buffers registered in __init__, declared for the type checker.
+    edge_left: Tensor
+    edge_right: Tensor
+    band_index: Tensor | None
+    _gather: Tensor | None
 
     @classmethod
     def option_limits(cls, input_length: int, options: Mapping[str, Any], min_output: int) -> dict[str, int]:
@@ -558,7 +562,7 @@ class WaveletTransform(BatchTransform):
         self._n_flat = offset + n_right
         self._max_stride = max([stride for stride, _ in self._groups], default=1)
         self._filters = [f"filters_{i}" for i in range(len(group_blocks))]
-        for name, blocks in zip(self._filters, group_blocks):
+        for name, blocks in zip(self._filters, group_blocks, strict=False):
             self.register_buffer(name, as_tensor(blocks), persistent=False)
 
         if wavelet_output == "approx":
@@ -607,6 +611,7 @@ class WaveletTransform(BatchTransform):
             if functional:
                 pieces.append(left)
             else:
+                assert flat is not None  # preallocated when not functional
                 flat[:, : left.shape[1]] = left
         # One plain matrix product per stride needs the rows of x cut into whole blocks: true
         # when n is a multiple of every stride; otherwise, with several strides, one zero-padded
@@ -620,7 +625,7 @@ class WaveletTransform(BatchTransform):
         else:
             x_blocks = x
         width = x_blocks.shape[1]
-        for name, (stride, members) in zip(self._filters, self._groups):
+        for name, (stride, members) in zip(self._filters, self._groups, strict=False):
             filters = getattr(self, name)  # (sum of Q, stride)
             if padded:
                 # A view for a contiguous batch; reshape copies a strided one.
@@ -637,6 +642,7 @@ class WaveletTransform(BatchTransform):
                 if functional:
                     pieces.append(sum(terms[1:], terms[0]))
                     continue
+                assert flat is not None  # preallocated when not functional
                 out = flat[:, offset : offset + n_int]
                 if q_taps == 1:
                     out.copy_(terms[0])
@@ -649,9 +655,11 @@ class WaveletTransform(BatchTransform):
             if functional:
                 pieces.append(right)
             else:
+                assert flat is not None  # preallocated when not functional
                 flat[:, self._n_flat - right.shape[1] :] = right
         if functional:
             flat = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+        assert flat is not None  # preallocated, or just concatenated
         if self._gather is None:
             return flat.unsqueeze(1)
         return flat.index_select(1, self._gather).view(batch, *self.output_shape)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ecg_tune.data.tensors import TensorData
+from ecg_tune.models.svm import SVMStage
 from ecg_tune.training.network import Network
 
 
@@ -86,8 +87,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def record_probabilities(network: Network, svm, data: TensorData, index: np.ndarray, normalisation: str,
-                         overlap: float, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def record_probabilities(network: Network, svm: SVMStage | None, data: TensorData, index: np.ndarray,
+                         normalisation: str, overlap: float, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Per-record class probabilities: (the SVM stage's when there is one, the network head's).
 
     The head's probabilities are returned too because the validation loss is computed from them.

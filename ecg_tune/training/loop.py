@@ -17,8 +17,8 @@ validation metrics, so that it is ranked by what it would deliver.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -180,6 +180,7 @@ def train_step(network: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
 
 def _validate(config: TrainConfig, network: Network, svm: SVMStage | None, data: TensorData,
               val_index: np.ndarray, device: torch.device) -> dict:
+    assert data.labels is not None  # training data is labelled (data.prepare)
     truth = data.labels[val_index]
     probabilities, head = record_probabilities(network, svm, data, val_index, config.normalisation,
                                                config.window_overlap, device)
@@ -195,6 +196,7 @@ def _fit_svm(config: TrainConfig, network: Network, data: TensorData, train_inde
     options = config.options_for("model")
     if not isinstance(options, SVMOptions):
         raise ConfigError(f"model {config.model} uses an SVM stage but does not declare SVMOptions")
+    assert data.labels is not None  # training data is labelled (data.prepare)
     subset = train_index[stratified_subsample(data.labels[train_index], options.svm_max_train,
                                               seed=config.seed + epoch)]
     features, owners = window_outputs(network, data, subset, config.normalisation,

@@ -36,7 +36,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
     if has_cinc_classes(classes):
         result[f"{prefix}cinc_f1"] = float(np.mean([per_class[classes.index(c)] for c in CINC_CLASSES]))
-    for name, value in zip(classes, per_class):
+    for name, value in zip(classes, per_class, strict=False):
         result[f"{prefix}f1_{name}"] = float(value)
     result[f"{prefix}confusion"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     return result

@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from ecg_tune.config import TrainConfig
-from ecg_tune.models import build_model
-from ecg_tune.signal.transforms import TRANSFORMS
+from ecg_tune.models import EcgModel, build_model
+from ecg_tune.signal.transforms import TRANSFORMS, BatchTransform
 
 
 class Network(nn.Module):
     """transform -> model; takes (batch, input_length) signals, returns class logits."""
 
-    def __init__(self, transform: nn.Module, model: nn.Module, input_length: int) -> None:
+    def __init__(self, transform: BatchTransform, model: EcgModel, input_length: int) -> None:
         super().__init__()
         self.transform = transform
         self.model = model
