@@ -25,7 +25,8 @@ from ecg_tune.config import default_value
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
 from ecg_tune.models import MODELS
-from ecg_tune.search.space import Choice, Constant, IntRange, ParameterBase, SearchSpace, check_value, fmt
+from ecg_tune.search.parameters import Choice, Constant, IntRange, ParameterBase, fmt
+from ecg_tune.search.space import SearchSpace, check_value
 from ecg_tune.signal.transforms import TRANSFORMS, BatchTransform
 
 # The trial's length when a space has no input_length: TrainConfig's None means the training

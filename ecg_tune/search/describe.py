@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ecg_tune.search.adapt import DataFacts, adapt
+from ecg_tune.search.parameters import fmt
 from ecg_tune.search.samplers import grid_points
-from ecg_tune.search.space import SearchSpace, fmt
+from ecg_tune.search.space import SearchSpace
 
 
 def describe(space: SearchSpace, facts: DataFacts) -> str:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from ecg_tune.config import default_value
 from ecg_tune.errors import ConfigError
 from ecg_tune.search.adapt import DataFacts, adapt, space_min_input, trial_limits
-from ecg_tune.search.space import Choice, Constant, IntRange, SearchSpace, check_grid
+from ecg_tune.search.parameters import Choice, Constant, IntRange
+from ecg_tune.search.space import SearchSpace, check_grid
 
 if TYPE_CHECKING:  # optuna is only needed by the caller that runs a study
     import optuna

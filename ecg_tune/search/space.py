@@ -1,4 +1,4 @@
-"""Search spaces as typed data: one pydantic model per parameter kind, the settings, the space.
+"""Search spaces as typed data: the settings and the space (its parameters: search/parameters.py).
 
 A space is an ordered mapping of config keys (any `TrainConfig` key, part options included) to
 parameters, plus the `search:` settings and a description. It can be written in Python
@@ -11,12 +11,8 @@ parameters, plus the `search:` settings and a description. It can be written in 
         "search": {"num_samples": 20},
     }, name="mine")
 
-or read from a YAML file of the same shape (search/space_file.py). Parameter kinds:
-
-    {type: choice, values: [...]}             each listed value
-    {type: int, low: L, high: H}              whole numbers (optional step:, log: true)
-    {type: float, low: L, high: H, log: true} real numbers (optional step: without log)
-    {type: constant, value: x}  or just  x    always x
+or read from a YAML file of the same shape (search/space_file.py). Parameter kinds (one pydantic
+model each, in search/parameters.py): choice, int, float, constant.
 
 `when: {param: value or [values], ...}` (all must hold) makes a parameter exist only when
 EARLIER parameters took one of those values; a parameter whose condition names an absent
@@ -32,175 +28,33 @@ search/adapt.py; the samplers are search/samplers.py.
 from __future__ import annotations
 
 import difflib
-import json
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, model_validator
 
 from ecg_tune.config import config_keys, is_whole_number, make_config
 from ecg_tune.errors import ConfigError
+from ecg_tune.search.parameters import (
+    KINDS,
+    Choice,
+    Constant,
+    FloatRange,
+    IntRange,
+    Parameter,
+    ParameterBase,
+    fields_of,
+    fmt,
+)
 from ecg_tune.signal.transforms import TRANSFORMS
+
+__all__ = ["Choice", "Constant", "FloatRange", "IntRange", "Parameter", "ParameterBase", "SearchSettings",
+           "SearchSpace", "check_grid", "check_value"]
+
+RESERVED = ("description", "search")
 
 if TYPE_CHECKING:
     from ecg_tune.search.adapt import DataFacts
-
-Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
-KINDS = ("choice", "int", "float", "constant")
-RESERVED = ("description", "search")
-
-
-def fmt(value: object) -> str:
-    """A parameter value as a space file would show it."""
-    if value is None:
-        return "null (training median)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-class ParameterBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    when: dict[str, tuple[Scalar, ...]] = Field(default_factory=dict)
-
-    @field_validator("when", mode="before")
-    @classmethod
-    def _when_lists(cls, raw: object) -> object:
-        if raw is None:
-            return {}
-        if not isinstance(raw, Mapping) or not raw:
-            raise ValueError(f"expected a mapping such as {{transform: wavelet}}, got {raw!r}")
-        out = {}
-        for key, allowed in raw.items():
-            values = list(allowed) if isinstance(allowed, (list, tuple)) else [allowed]
-            if not values:
-                raise ValueError(f"{key}: the list of values is empty")
-            out[key] = values
-        return out
-
-    def active(self, chosen: Mapping[str, Any]) -> bool:
-        """Whether the parameter exists given the values chosen so far (absent keys fail)."""
-        return all(key in chosen and chosen[key] in allowed for key, allowed in self.when.items())
-
-    def possible(self) -> list[Any]:
-        """Every value a choice or constant can take (a range's two ends otherwise)."""
-        raise NotImplementedError
-
-    def can_take(self, value: object) -> bool:
-        return value in self.possible()
-
-    def shown(self) -> str:
-        """The values as --dry-run shows them."""
-        return ", ".join(fmt(v) for v in self.possible())
-
-
-class Choice(ParameterBase):
-    type: Literal["choice"] = "choice"
-    values: tuple[Scalar, ...] = Field(min_length=1)
-
-    @field_validator("values", mode="before")
-    @classmethod
-    def _a_list(cls, raw: object) -> object:
-        if not isinstance(raw, (list, tuple)):
-            raise ValueError(f"expected a list, e.g. [a, b], got {raw!r}")
-        if not raw:
-            raise ValueError("the list of choices is empty")
-        if len({json.dumps(v) for v in raw}) != len(raw):
-            raise ValueError(f"a value is listed twice in {list(raw)!r}")
-        return raw
-
-    def possible(self) -> list[Any]:
-        return list(self.values)
-
-
-class Constant(ParameterBase):
-    type: Literal["constant"] = "constant"
-    value: Scalar
-
-    def possible(self) -> list[Any]:
-        return [self.value]
-
-
-class _Range(ParameterBase):
-    log: StrictBool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> _Range:
-        low, high = self.low, self.high  # type: ignore[attr-defined]
-        if low > high:
-            raise ValueError(f"low {fmt(low)} is greater than high {fmt(high)}")
-        if self.log and low <= 0:
-            raise ValueError(f"log: a log range needs low > 0, got low {fmt(low)}")
-        return self
-
-    def possible(self) -> list[Any]:
-        return [self.low, self.high]  # type: ignore[attr-defined]
-
-    def can_take(self, value: object) -> bool:
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and self.low <= value <= self.high)  # type: ignore[attr-defined]
-
-    def shown(self) -> str:
-        text = f"{fmt(self.low)}..{fmt(self.high)}"  # type: ignore[attr-defined]
-        step = getattr(self, "step", None)
-        if self.log:
-            text += " (log)"
-        if step not in (None, 1):
-            text += f" step {fmt(step)}"
-        return text
-
-
-class IntRange(_Range):
-    type: Literal["int"] = "int"
-    low: StrictInt
-    high: StrictInt
-    step: StrictInt = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _log_step(self) -> IntRange:
-        if self.log and self.step != 1:
-            raise ValueError("step: Optuna cannot combine log with a step other than 1")
-        return self
-
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return float(value)
-
-
-class FloatRange(_Range):
-    type: Literal["float"] = "float"
-    low: StrictInt | StrictFloat
-    high: StrictInt | StrictFloat
-    step: StrictInt | StrictFloat | None = Field(None, gt=0)
-
-    _check_finite = field_validator("low", "high")(_finite)
-
-    @model_validator(mode="after")
-    def _log_step(self) -> FloatRange:
-        if self.log and self.step is not None:
-            raise ValueError("step: Optuna cannot combine log with a step")
-        return self
-
-
-Parameter = Annotated[Choice | IntRange | FloatRange | Constant, Field(discriminator="type")]
-
 
 # The bounds of the search settings, declared once: the `search:` block of a space and the
 # command-line options that override it (search/tuner.py's SearchOptions) both use these types.
@@ -397,7 +251,7 @@ def space_error(exc: ValidationError, parameters: Mapping[str, Any]) -> str:
     elif kind == "union_tag_invalid":
         message = f"type: unknown type {error['ctx']['tag']!r}; expected one of {', '.join(KINDS)}"
     elif kind == "extra_forbidden" and kind_of is not None:
-        allowed = ", ".join(["type", "when", *_fields_of(kind_of)])
+        allowed = ", ".join(["type", "when", *fields_of(kind_of)])
         message = f"unknown field for type {kind_of}; allowed: {allowed}"
     elif kind == "missing" and kind_of is not None:
         message = {"int": "a int range needs `low:` and `high:`", "float": "a float range needs `low:` and `high:`",
@@ -416,10 +270,3 @@ def space_error(exc: ValidationError, parameters: Mapping[str, Any]) -> str:
 
 
 _UNION_MEMBERS = {"bool", "int", "float", "str", "none"}
-
-
-def _fields_of(kind: str) -> list[str]:
-    models: dict[str, type[ParameterBase]] = {"choice": Choice, "int": IntRange, "float": FloatRange,
-                                              "constant": Constant}
-    model = models[kind]
-    return [f for f in model.model_fields if f not in ("type", "when")]
