@@ -7,8 +7,6 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -91,15 +89,14 @@ def options_from_args(model: Any, args: argparse.Namespace, **given: Any) -> Any
     a value out of its bounds is a one-line error naming the flag."""
     from pydantic import ValidationError
 
+    from ecg_tune.errors import validation_message
+
     values = {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
     values.update(given)
     try:
         return model(**values)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "options"
-        message = error["msg"].removeprefix("Value error, ")
-        raise EcgTuneError(f"{flag}: {message}, got {error.get('input')!r}") from None
+        raise EcgTuneError(validation_message(exc, name=lambda key: "--" + key.replace("_", "-"))) from None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -144,135 +141,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    import time
+    from ecg_tune.benchmarks.run import BenchmarkOptions, run_benchmark
 
-    from ecg_tune.benchmarks.common import machine_info, results_path, thin
-    from ecg_tune.data import prepare
-
-    if args.benchmark == "gpu":
-        import torch
-
-        if not torch.cuda.is_available():
-            print("benchmark gpu: skipped, this machine has no CUDA device (nothing was measured)")
-            return 0
-    source = args.data or (str(DEFAULT_BENCHMARK_DATA) if DEFAULT_BENCHMARK_DATA.is_dir() else "synthetic")
-    # The search's --records 0 means all records; the pipeline's --records counts training records.
-    minimum = {"seeds": 1, "tiny_trials": 1, "kernels": 1, "rounds": 1,
-               "records": 0 if args.benchmark == "search" else 1}
-    for key, least in minimum.items():
-        value = getattr(args, key, None)
-        if value is not None and value < least:
-            raise EcgTuneError(f"--{key.replace('_', '-')} must be at least {least}, got {value}")
-    for key in ("budget", "search_budget"):
-        value = getattr(args, key, None)
-        if value is not None and value <= 0:
-            raise EcgTuneError(f"--{key.replace('_', '-')} must be positive, got {value}")
-    if getattr(args, "run", None) and not Path(args.run).is_dir():
-        raise EcgTuneError(f"--run {args.run}: no such folder")
-
-    def dataset():
-        data = prepare(source, label_column=args.label_column)
-        if args.quick:
-            data = thin(data, QUICK_RECORDS)
-        print(f"data: {data.summary()}" + (" (--quick: a subset is in play)" if args.quick else ""), flush=True)
-        return data
-
-    out, stamp = Path(args.out), time.strftime("%Y%m%d-%H%M%S")
-    table = None
-    if args.benchmark == "pipeline":
-        from ecg_tune.benchmarks import pipeline
-
-        records, rounds = (256, 1) if args.quick else (args.records, args.rounds)
-        result = pipeline.run_pipeline_benchmark(prepare(source, label_column=args.label_column), records=records,
-                                                 rounds=rounds)
-        pipeline.plot(result, results_path(out, "pipeline", stamp, ".png"))
-        table = pipeline.table(result)
-    elif args.benchmark == "search":
-        from ecg_tune.benchmarks import search
-
-        budget, seeds = (40.0, 1) if args.quick else (args.budget, args.seeds)
-        data = dataset()
-        if not args.quick and args.records:
-            data = thin(data, args.records)
-            print(f"in play: {len(data.index('train', 'val', 'test'))} records (--records {args.records}), "
-                  f"train {len(data.index('train'))}, val {len(data.index('val'))}", flush=True)
-        runs_dir = (Path("runs") / f"benchmark-search-{stamp}").resolve()
-        result = search.run_search_benchmark(data, runs_dir, budget=budget, seeds=seeds, strategies=args.strategies)
-        search.plot(result, results_path(out, "search", stamp, ".png"))
-        table = search.table(result)
-    elif args.benchmark == "overhead":
-        from ecg_tune.benchmarks.overhead import overhead_table, run_overhead_benchmark
-
-        result = run_overhead_benchmark(dataset(), tiny_trials=8 if args.quick else args.tiny_trials,
-                                        max_epochs=1 if args.quick else 2)
-        table = overhead_table(result)
-    elif args.benchmark == "gpu":
-        from ecg_tune.benchmarks.overhead import gpu_table, run_gpu_benchmark
-
-        result = run_gpu_benchmark(dataset(), max_epochs=1 if args.quick else 2)
-        table = gpu_table(result)
-    else:
-        from ecg_tune.benchmarks import quality
-
-        run_dir = Path(args.run).resolve() if args.run else _quality_search(
-            args, dataset(), (Path("runs") / f"benchmark-quality-{stamp}").resolve())
-        result = quality.run_quality_benchmark(run_dir, n_kernels=1000 if args.quick else args.kernels,
-                                               cpus=_all_cpus())
-        result["seed_grid_val"] = _seed_grid_figure(out)
-        table = quality.table(result, result["seed_grid_val"])
-    result = {"machine": machine_info(), "source": source, "quick": args.quick, **result}
-    path = results_path(out, args.benchmark, stamp, ".json")
-    path.write_text(json.dumps(result, indent=2, default=_plain))
-    if table:
-        print(table)
-    print(f"results: {path}")
+    run_benchmark(options_from_args(BenchmarkOptions, args))
     return 0
-
-
-def _quality_search(args: argparse.Namespace, dataset: Any, run_dir: Path) -> Path:
-    """The `full` search (with its refit) that `benchmark quality` measures, within --search-budget."""
-    from ecg_tune.pipeline import PipelineOptions, RefitOptions, run_pipeline
-    from ecg_tune.search.tuner import SearchOptions
-
-    budget = 90.0 if args.quick else args.search_budget
-    search = SearchOptions(out=run_dir, time_budget=budget, num_samples=args.search_trials)
-    # The refit runs alone: all cores.
-    run_pipeline(PipelineOptions(search=search, space="full", refit=RefitOptions(cpus=_all_cpus())), dataset=dataset)
-    return run_dir
-
-
-def _all_cpus() -> float:
-    import ray
-
-    return ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else float(os.cpu_count() or 1)
-
-
-def _seed_grid_figure(folder: Path) -> float | None:
-    """The seed grid's mean final validation score in the newest full `search` benchmark, if any."""
-    for path in sorted(folder.glob("search-*.json"), reverse=True):
-        result = json.loads(path.read_text())
-        if not result.get("quick") and "seed_grid" in result.get("summary", {}):
-            return result["summary"]["seed_grid"]["final_mean"]
-    return None
-
-
-# Records in play for --quick: enough for every code path, small enough for minutes.
-QUICK_RECORDS = 600
-
-
-def _plain(value):
-    """JSON for numpy scalars and arrays in benchmark results."""
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-# CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
-DEFAULT_BENCHMARK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cinc2017" / "training2017"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--kernels", type=int, default=10_000, help="MiniRocket kernels")
     for kind in (pipeline, strategies, overhead, gpu, quality):
         kind.add_argument("--data", default=None,
-                          help=f"data source (default: {DEFAULT_BENCHMARK_DATA} when present, else synthetic)")
+                          help="data source (default: ../shared/data/cinc2017/training2017 beside the "
+                               "checkout when present, else synthetic)")
         kind.add_argument("--label-column", choices=["first", "last", "none"], default=None)
         kind.add_argument("--quick", action="store_true", help="a small, fast setting for trying it out")
         kind.add_argument("--out", default="benchmarks/results", help="folder for the JSON results and plots")

@@ -4,6 +4,9 @@ Raised at the boundaries (data sources, config files, command-line options). The
 without a traceback and exits with code 2.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import ValidationError
 
 
@@ -23,11 +26,26 @@ class ConfigError(EcgTuneError):
     """A configuration value, space file or option that cannot work."""
 
 
-def validation_message(exc: ValidationError) -> str:
-    """pydantic's first error as `key: problem` (nested keys joined by ': ')."""
+def validation_message(exc: ValidationError, name: Callable[[str], str] | None = None) -> str:
+    """pydantic's first error as `key: problem` (nested keys joined by ': '); `name` renames the
+    first key (e.g. to a command-line flag)."""
     first = exc.errors()[0]
-    key = ": ".join(str(part) for part in first["loc"])
-    message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    return f"{key}: {message}" if key else message
+    loc = [str(part) for part in first["loc"]]
+    if loc and name is not None:
+        loc[0] = name(loc[0])
+    message = problem_text(first)
+    return ": ".join([*loc, message]) if loc else message
+
+
+def problem_text(error: Any) -> str:
+    """One error's problem in plain words (bounds say what the value must be, and what it was)."""
+    kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
+    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
+    if kind in bounds:
+        words, key = bounds[kind]
+        limit = "positive" if (kind, ctx[key]) == ("greater_than", 0) else f"{words} {ctx[key]}"
+        return f"must be {limit}, got {given!r}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")

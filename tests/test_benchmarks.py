@@ -174,10 +174,10 @@ def test_quality_benchmark_quick_end_to_end(tmp_path: Path, monkeypatch) -> None
 
 
 @pytest.mark.parametrize("args,message", [
-    (["search", "--seeds", "0"], "--seeds must be at least 1"),
-    (["search", "--budget", "-1"], "--budget must be positive"),
+    (["search", "--seeds", "0"], "--seeds: must be at least 1, got 0"),
+    (["search", "--budget", "-1"], "--budget: must be positive, got -1.0"),
     (["quality", "--run", "no/such/run"], "no such folder"),
-    (["pipeline", "--records", "0"], "--records must be at least 1"),
+    (["pipeline", "--records", "0"], "--records: must be at least 1, got 0"),
 ])
 def test_bad_benchmark_options_are_one_line_errors(args: list[str], message: str, capsys) -> None:
     assert main(["benchmark", *args, "--data", "synthetic:50"]) == 2

@@ -67,7 +67,7 @@ def test_a_new_transform_is_one_registry_entry(difference, tmp_path: Path, capsy
     # Its option is a config key, validated by its own model.
     assert make_config({"transform": "difference", "difference_order": 2}).part_options("transform") == \
         {"difference_order": 2}
-    with pytest.raises(ConfigError, match="difference_order: Input should be less than or equal to 3"):
+    with pytest.raises(ConfigError, match="difference_order: must be at most 3, got 4"):
         make_config({"difference_order": 4})
     # A search's dry run takes it in a space file.
     space = tmp_path / "difference.yaml"

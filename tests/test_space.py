@@ -275,7 +275,7 @@ BAD = {
     "unknown_wavelet": ("wavelet: {type: choice, values: [db2, nosuch]}\n", r"wavelet: 'nosuch' is not a discrete wavelet"),
     "unknown_transform": ("transform: {type: choice, values: [none, stft]}\n", r"transform: unknown transform 'stft'"),
     "unknown_augmentation": ("augmentation: everything\n", r"augmentation: unknown augmentation 'everything'"),
-    "value_out_of_range": ("dropout: {type: float, low: 0.0, high: 1.0}\n", r"dropout: Input should be less than 1"),
+    "value_out_of_range": ("dropout: {type: float, low: 0.0, high: 1.0}\n", r"dropout: must be less than 1.0, got 1.0"),
     "wrong_value_type": ("batch_size: {type: constant, value: big}\n", r"batch_size: Input should be a valid integer"),
     "float_for_int_key": ("levels: {type: float, low: 2, high: 4}\n", r"levels: type: levels is a whole number; use type: int"),
     "plain_list": ("model: [simple_cnn, cnn_svm]\n", r"model: a plain list is not a parameter"),

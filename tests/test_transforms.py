@@ -224,7 +224,7 @@ def test_output_length_from_pywt() -> None:
         ({"wavelet": "morl"}, r"^wavelet: 'morl' is a continuous wavelet"),
         ({"wavelet": "cmor1.5-1.0"}, r"^wavelet: 'cmor1.5-1.0' is a continuous wavelet"),
         ({"levels": 6}, r"^levels=6 is beyond the feasible maximum 5 for wavelet db2 on 96-sample"),
-        ({"levels": 0}, r"^levels: Input should be greater than or equal to 1"),
+        ({"levels": 0}, r"^levels: must be at least 1, got 0"),
         ({"levels": 2.5}, r"^levels: Input should be a valid integer"),
         ({"wavelet_output": "all"}, r"^wavelet_output: Input should be 'approx' or 'bands'"),
     ],

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, model_validator
 
 from ecg_tune.config import config_keys, is_whole_number, make_config
-from ecg_tune.errors import ConfigError
+from ecg_tune.errors import ConfigError, problem_text
 from ecg_tune.search.parameters import (
     KINDS,
     Choice,
@@ -239,7 +239,7 @@ def space_error(exc: ValidationError, parameters: Mapping[str, Any]) -> str:
     # Union members (StrictInt | StrictFloat) show up as loc entries named after their type.
     loc = loc[:1] + [part for part in loc[1:] if part not in _UNION_MEMBERS]
     kind = error["type"]
-    message = error["msg"].removeprefix("Value error, ")
+    message = problem_text(error)
     given = error.get("input")
     if loc[:1] == ["search"] and kind == "extra_forbidden":
         known = list(SearchSettings.model_fields)
@@ -263,8 +263,6 @@ def space_error(exc: ValidationError, parameters: Mapping[str, Any]) -> str:
         message = f"expected a single value (text, number, true/false), got a {yaml_type(given)}"
     elif kind == "literal_error" and loc[:1] == ["search"]:
         message = f"expected one of {error['ctx']['expected']}, got {given!r}"
-    elif kind in ("greater_than_equal", "greater_than", "less_than") and loc[:1] == ["search"]:
-        message = f"{message}, got {given!r}"
     loc = [part for part in loc if not part.isdigit()]  # positions inside a list of values
     return ": ".join([*loc, message])
 

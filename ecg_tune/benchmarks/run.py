@@ -1,0 +1,178 @@
+"""`ecg-tune benchmark KIND`: the options every benchmark takes, and running one.
+
+`BenchmarkOptions` holds the bounds of every benchmark option (the command line parses into it);
+`run_benchmark` loads the data through the pipeline's data stage, runs the benchmark, prints its
+markdown table and writes its JSON (and plot) under `--out`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from ecg_tune.benchmarks.common import machine_info, results_path, thin
+from ecg_tune.data import Dataset
+from ecg_tune.data.sources import LabelColumn
+
+Kind = Literal["pipeline", "search", "overhead", "gpu", "quality"]
+# CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cinc2017" / "training2017"
+# Records in play for --quick: enough for every code path, small enough for minutes.
+QUICK_RECORDS = 600
+
+
+class BenchmarkOptions(BaseModel):
+    """One benchmark run. Options a kind does not use are None."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    benchmark: Kind
+    data: str | None = None  # None: CinC 2017 beside the checkout when present, else synthetic
+    label_column: LabelColumn | None = None
+    quick: bool = False
+    out: Path = Path("benchmarks/results")
+    # pipeline: training records per measurement; search: a stratified subset (0: all)
+    records: int | None = Field(None, ge=0)
+    rounds: int | None = Field(None, ge=1)
+    budget: float | None = Field(None, gt=0)  # seconds per search run
+    seeds: int | None = Field(None, ge=1)
+    strategies: list[str] | None = None
+    tiny_trials: int | None = Field(None, ge=1)
+    run: Path | None = None  # quality: a finished, refitted search folder
+    search_budget: float | None = Field(None, gt=0)
+    search_trials: int | None = Field(None, ge=1)
+    kernels: int | None = Field(None, ge=1)
+
+    @field_validator("records")
+    @classmethod
+    def _records(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # The search's 0 means all records; the pipeline's counts training records per measurement.
+        if info.data.get("benchmark") == "pipeline" and value is not None and value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
+        return value
+
+    @field_validator("run")
+    @classmethod
+    def _a_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value}: no such folder")
+        return value
+
+    @property
+    def source(self) -> str:
+        return self.data or (str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else "synthetic")
+
+
+def run_benchmark(options: BenchmarkOptions) -> Path | None:
+    """Run one benchmark; returns its JSON result file (None when it had nothing to measure)."""
+    from ecg_tune.pipeline import DataOptions
+
+    if options.benchmark == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("benchmark gpu: skipped, this machine has no CUDA device (nothing was measured)")
+            return None
+    source, quick = options.source, options.quick
+    data_options = DataOptions(source, options.label_column)
+
+    def dataset() -> Dataset:
+        data = data_options.load()
+        if quick:
+            data = thin(data, QUICK_RECORDS)
+        print(f"data: {data.summary()}" + (" (--quick: a subset is in play)" if quick else ""), flush=True)
+        return data
+
+    out, stamp = options.out, time.strftime("%Y%m%d-%H%M%S")
+    table = None
+    result: dict[str, Any]
+    if options.benchmark == "pipeline":
+        from ecg_tune.benchmarks import pipeline
+
+        records, rounds = (256, 1) if quick else (options.records or 1024, options.rounds or 3)
+        result = pipeline.run_pipeline_benchmark(data_options.load(), records=records, rounds=rounds)
+        pipeline.plot(result, results_path(out, "pipeline", stamp, ".png"))
+        table = pipeline.table(result)
+    elif options.benchmark == "search":
+        from ecg_tune.benchmarks import search
+
+        budget, seeds = (40.0, 1) if quick else (options.budget or 240.0, options.seeds or 3)
+        data = dataset()
+        if not quick and options.records:
+            data = thin(data, options.records)
+            print(f"in play: {len(data.index('train', 'val', 'test'))} records (--records {options.records}), "
+                  f"train {len(data.index('train'))}, val {len(data.index('val'))}", flush=True)
+        runs_dir = (Path("runs") / f"benchmark-search-{stamp}").resolve()
+        result = search.run_search_benchmark(data, runs_dir, budget=budget, seeds=seeds, strategies=options.strategies)
+        search.plot(result, results_path(out, "search", stamp, ".png"))
+        table = search.table(result)
+    elif options.benchmark == "overhead":
+        from ecg_tune.benchmarks.overhead import overhead_table, run_overhead_benchmark
+
+        result = run_overhead_benchmark(dataset(), tiny_trials=8 if quick else options.tiny_trials or 40,
+                                        max_epochs=1 if quick else 2)
+        table = overhead_table(result)
+    elif options.benchmark == "gpu":
+        from ecg_tune.benchmarks.overhead import gpu_table, run_gpu_benchmark
+
+        result = run_gpu_benchmark(dataset(), max_epochs=1 if quick else 2)
+        table = gpu_table(result)
+    else:
+        from ecg_tune.benchmarks import quality
+
+        run_dir = options.run.resolve() if options.run else _quality_search(
+            options, dataset(), (Path("runs") / f"benchmark-quality-{stamp}").resolve())
+        result = quality.run_quality_benchmark(run_dir, n_kernels=1000 if quick else options.kernels or 10_000,
+                                               cpus=_all_cpus())
+        result["seed_grid_val"] = _seed_grid_figure(out)
+        table = quality.table(result, result["seed_grid_val"])
+    result = {"machine": machine_info(), "source": source, "quick": quick, **result}
+    path = results_path(out, options.benchmark, stamp, ".json")
+    path.write_text(json.dumps(result, indent=2, default=_plain))
+    if table:
+        print(table)
+    print(f"results: {path}")
+    return path
+
+
+def _quality_search(options: BenchmarkOptions, dataset: Dataset, run_dir: Path) -> Path:
+    """The `full` search (with its refit) that `benchmark quality` measures, within --search-budget."""
+    from ecg_tune.pipeline import PipelineOptions, RefitOptions, run_pipeline
+    from ecg_tune.search.tuner import SearchOptions
+
+    budget = 90.0 if options.quick else options.search_budget or 1500.0
+    search = SearchOptions(out=run_dir, time_budget=budget, num_samples=options.search_trials or 200)
+    # The refit runs alone: all cores.
+    run_pipeline(PipelineOptions(search=search, space="full", refit=RefitOptions(cpus=_all_cpus())), dataset=dataset)
+    return run_dir
+
+
+def _all_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0)) if ray.is_initialized() else float(os.cpu_count() or 1)
+
+
+def _seed_grid_figure(folder: Path) -> float | None:
+    """The seed grid's mean final validation score in the newest full `search` benchmark, if any."""
+    for path in sorted(folder.glob("search-*.json"), reverse=True):
+        result = json.loads(path.read_text())
+        if not result.get("quick") and "seed_grid" in result.get("summary", {}):
+            return float(result["summary"]["seed_grid"]["final_mean"])
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays in benchmark results."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
