@@ -82,12 +82,12 @@ class TrainConfig(BaseModel):
             if key not in cls.model_fields and key not in options:
                 raise ValueError(f"{key}: unknown key")
         chosen: dict[str, Any] = {}
-        for registry in PART_KEYS.values():
-            for name in registry.names():
-                try:
-                    chosen.update(registry.options_class(name).model_validate(values).model_dump())
-                except ValidationError as exc:
-                    raise ValueError(validation_message(exc)) from None
+        declared = {registry.options_class(name) for registry in PART_KEYS.values() for name in registry.names()}
+        for options_class in sorted(declared, key=lambda c: c.__qualname__):  # each declaration once
+            try:
+                chosen.update(options_class.model_validate(values).model_dump())
+            except ValidationError as exc:
+                raise ValueError(validation_message(exc)) from None
         own = {key: value for key, value in values.items() if key in cls.model_fields}
         return {**own, **{key: chosen[key] for key in options}}
 

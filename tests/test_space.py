@@ -94,7 +94,7 @@ def test_settings_and_defaults() -> None:
     full = load_space("full").search
     assert full.searcher == "optuna" and full.grace_period <= full.max_epochs
     assert full.time_budget is not None and full.time_budget > 0
-    assert load_space("seed_grid").settings.max_epochs == 1
+    assert load_space("seed_grid").search.max_epochs == 1
 
 
 def test_settings_defaults_when_absent(tmp_path: Path) -> None:

@@ -99,10 +99,6 @@ class SearchSpace(BaseModel):
     notes: dict[str, str] = Field(default_factory=dict)  # how adapt() changed each parameter
 
     @property
-    def settings(self) -> SearchSettings:
-        return self.search
-
-    @property
     def is_grid(self) -> bool:
         return self.search.searcher == "grid"
 

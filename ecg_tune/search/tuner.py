@@ -89,10 +89,6 @@ class Plan:
                 f"wins); each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once{budget}")
 
 
-def data_facts(dataset: Dataset) -> DataFacts:
-    return DataFacts.from_dataset(dataset)
-
-
 def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, cluster_cpus: float,
               cluster_gpus: float) -> Plan:
     """Resources and schedule from the options, the space's settings and the cluster's size."""
@@ -161,7 +157,7 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset) -> 
     from ecg_tune.search.trainable import train_trial  # imports ray.tune
 
     out = options.out.resolve()
-    facts = data_facts(dataset)
+    facts = DataFacts.from_dataset(dataset)
     start_ray(options)
     resources = ray.cluster_resources()
     plan = make_plan(options, space, facts, resources.get("CPU", 1.0), resources.get("GPU", 0.0))
