@@ -114,10 +114,7 @@ class SearchSpace(BaseModel):
         seen: dict[str, Any] = {}
         for key, p in self.parameters.items():
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"{key}: unknown parameter{hint}; parameters are TrainConfig keys, "
-                                 f"plus `description` and `search`")
+                raise ValueError(_unknown_parameter(key, known))
             if key == "epochs":
                 # One budget, set in one place: ASHA's max_t is also the trainable's epoch count.
                 raise ValueError("epochs: set the epochs per trial with `search: max_epochs`, not as a parameter")
@@ -146,9 +143,12 @@ class SearchSpace(BaseModel):
             raise ConfigError(f"{where}: expected a mapping of parameter names to definitions, "
                               f"got a {yaml_type(raw)}")
         parameters: dict[str, Any] = {}
+        known = config_keys()
         for key, spec in raw.items():
             if key in RESERVED:
                 continue
+            if key not in known:  # whatever its value's shape: the name is what is wrong
+                raise ConfigError(f"{where}: {_unknown_parameter(str(key), known)}")
             if isinstance(spec, list):
                 raise ConfigError(f"{where}: {key}: a plain list is not a parameter; "
                                   f"write {{type: choice, values: [...]}}")
@@ -167,6 +167,12 @@ class SearchSpace(BaseModel):
 
 def yaml_type(value: object) -> str:
     return {list: "list", dict: "mapping", str: "text", bool: "true/false"}.get(type(value), type(value).__name__)
+
+
+def _unknown_parameter(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{key}: unknown parameter{hint}; parameters are config keys, plus `description` and `search`"
 
 
 def check_value(key: str, value: object) -> None:
