@@ -142,6 +142,29 @@ def test_resources_follow_the_cluster() -> None:
         make_plan(SearchOptions(out=Path("."), gpus_per_trial=0.5), space, facts, 2, 0)
 
 
+def test_a_time_budget_is_the_limit_unless_trials_are_capped() -> None:
+    space = load_space("full")  # time_budget 480 s, num_samples 40
+    facts = DataFacts.from_dataset(prepare("synthetic:40", progress=False))
+    plan = make_plan(SearchOptions(out=Path(".")), space, facts, 2, 0)
+    assert plan.num_samples is None and plan.time_budget == 480
+    assert "until the time budget of 480 s is spent" in plan.describe()
+    capped = make_plan(SearchOptions(out=Path("."), num_samples=7), space, facts, 2, 0)
+    assert capped.num_samples == 7 and "at most 7 trials or 480 s, whichever comes first" in capped.describe()
+    no_budget = make_plan(SearchOptions(out=Path(".")), load_space("smoke"), facts, 2, 0)
+    assert no_budget.num_samples == 4 and no_budget.time_budget is None
+
+
+def test_a_budget_fills_its_time(ray_cluster, small, tmp_path: Path) -> None:
+    # num_samples 2 in the file, but a 20 s budget: trials keep starting until it is spent.
+    space = write_space(tmp_path / "budget.yaml", TINY + "search: {max_epochs: 1, num_samples: 2, time_budget: 20}\n")
+    started = time.time()
+    _, plan, _, trials = search(small, space, tmp_path / "out", cpus_per_trial=1, max_concurrent=2,
+                                scheduler="fifo", searcher="random")
+    assert plan.num_samples is None
+    assert len(trials) > 2, len(trials)
+    assert time.time() - started >= 0.9 * 20
+
+
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([*SEARCH, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "RAY_DEDUP_LOGS": "0"})

@@ -338,3 +338,54 @@ def test_a_space_built_in_python_equals_its_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^mine\.yaml: levels: when: transform: bands is not a value"):
         SearchSpace.from_mapping({"transform": Choice(values=("none", "wavelet")),
                                   "levels": IntRange(low=2, high=4, when={"transform": "bands"})}, where="mine.yaml")
+
+
+# ----------------------------------------------------------------------------------------------
+# Start points
+
+
+START = """
+model: {type: choice, values: [simple_cnn, cnn_svm]}
+transform: {type: choice, values: [none, wavelet]}
+levels: {type: int, low: 2, high: 4, when: {transform: wavelet}}
+augmentation: none
+lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
+
+
+def test_start_points_are_checked_and_shown(tmp_path: Path) -> None:
+    path = _user_space(tmp_path, "start:\n  - {model: cnn_svm, lr: 0.000777}\n  - {transform: wavelet, levels: 3}\n" + START)
+    space = load_space(path)
+    assert space.start == ({"model": "cnn_svm", "lr": 0.000777}, {"transform": "wavelet", "levels": 3})
+    text = describe(space, CINC_LIKE)
+    assert "Start point 1 (runs first; keys left out are sampled): model=cnn_svm, lr=0.000777" in text
+
+
+BAD_START = {
+    "not_a_parameter": ("start:\n  - {width: 8}\n", r"start: 1: width: not a parameter of this space"),
+    "out_of_range": ("start:\n  - {lr: 0.5}\n", r"start: 1: lr: 0.5 is not a value lr can take \(0.0001..0.01 \(log\)\)"),
+    "condition_fails": ("start:\n  - {transform: none, levels: 3}\n", r"start: 1: levels: exists only when transform in \(wavelet\)"),
+    "constant_differs": ("start:\n  - {augmentation: all}\n", r"start: 1: augmentation: all is not a value"),
+    "grid": ("search: {searcher: grid}\nstart:\n  - {model: cnn_svm}\nmodel: {type: choice, values: [simple_cnn, cnn_svm]}\n",
+             r"start: a grid space runs every point anyway"),
+}
+
+
+@pytest.mark.parametrize("text, pattern", BAD_START.values(), ids=BAD_START.keys())
+def test_bad_start_points(tmp_path: Path, text: str, pattern: str) -> None:
+    body = "" if "searcher: grid" in text else START
+    with pytest.raises(ConfigError, match=pattern):
+        load_space(_user_space(tmp_path, text + body))
+
+
+def test_start_points_of_a_shipped_space_follow_its_caps() -> None:
+    from ecg_tune.search.space import SearchSpace
+
+    space = SearchSpace.from_mapping({"start": [{"input_length": 9000}],
+                                      "input_length": {"type": "choice", "values": [3000, 9000]}},
+                                     shipped=True)
+    assert adapt(space, UCR_LIKE).start == ({"input_length": 96},)
+    mine = space.model_copy(update={"shipped": False})
+    with pytest.raises(ConfigError, match="input_length: 9000 is longer than every record"):
+        adapt(mine, UCR_LIKE)
+

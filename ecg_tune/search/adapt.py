@@ -94,8 +94,20 @@ def adapt(space: SearchSpace, facts: DataFacts) -> SearchSpace:
                         raise ConfigError(f"{where}: {exc}") from None
     else:
         _check_user_space(space, params, facts, min_input)
-    return space.model_copy(update={"parameters": params, "facts": facts,
+    start = tuple(_fit_start(point, facts, space) for point in space.start)
+    return space.model_copy(update={"parameters": params, "facts": facts, "start": start,
                                     "notes": {k: v for k, v in notes.items() if v}})
+
+
+def _fit_start(point: dict[str, Any], facts: DataFacts, space: SearchSpace) -> dict[str, Any]:
+    """A start point for this data: a shipped space's input length capped like the space's."""
+    length = point.get("input_length")
+    if length is None or length <= facts.max_length:
+        return point
+    if space.shipped:
+        return {**point, "input_length": facts.max_length}
+    raise ConfigError(f"{space.where}: start: input_length: {length} is longer than every record of this data "
+                      f"(longest {facts.max_length} samples)")
 
 
 def trial_limits(chosen: Mapping[str, Any], facts: DataFacts, min_input: int) -> dict[str, int]:

@@ -33,6 +33,9 @@ def describe(space: SearchSpace, facts: DataFacts) -> str:
         lines.append(text)
     if "input_length" not in eff.parameters:
         lines.append(f"  input_length not searched: the training median ({facts.default_input_length})")
+    for number, point in enumerate(eff.start, 1):
+        values = ", ".join(f"{k}={fmt(v)}" for k, v in point.items())
+        lines.append(f"Start point {number} (runs first; keys left out are sampled): {values}")
     s = eff.search
     asha = (f"max_epochs {s.max_epochs} (epochs per trial, ASHA max_t), grace_period {s.grace_period}, "
             f"reduction_factor {fmt(s.reduction_factor)}")
@@ -43,5 +46,7 @@ def describe(space: SearchSpace, facts: DataFacts) -> str:
         lines.append(f"Grid: {len(rows)} configs, each run once{extra}")
         lines.append(f"Settings: searcher grid, {asha}")
     else:
-        lines.append(f"Settings: searcher optuna, num_samples {s.num_samples}, {asha}")
+        budget = (f"time_budget {fmt(s.time_budget)} s (while it is in force num_samples is not a limit; "
+                  f"--num-samples caps the trials)" if s.time_budget else f"num_samples {s.num_samples}")
+        lines.append(f"Settings: searcher optuna, {budget}, {asha}")
     return "\n".join(lines)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 
 class SearchProgress(Callback):
-    def __init__(self, metric: str, max_epochs: int, total: int) -> None:
+    def __init__(self, metric: str, max_epochs: int, total: int | None) -> None:
+        # total None: no cap on the trials (a time budget ends the search).
         self.metric = metric
         self.max_epochs = max_epochs
         self.total = total
@@ -72,7 +73,8 @@ class SearchProgress(Callback):
 
     def _table(self) -> None:
         finished = sum(r["status"] != "running" for r in self.trials.values())
-        self._print(f"{self._clock()} {finished}/{self.total} trials finished")
+        of = f"/{self.total}" if self.total else ""
+        self._print(f"{self._clock()} {finished}{of} trials finished")
         sign = 1.0 if direction(self.metric) == "min" else -1.0
         ranked = sorted(self.trials.items(),
                         key=lambda item: (item[1]["best"] is None, sign * (item[1]["best"] or 0.0)))

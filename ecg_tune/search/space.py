@@ -14,7 +14,9 @@ parameters, plus the `search:` settings and a description. It can be written in 
 or read from a YAML file of the same shape (search/space_file.py). Parameter kinds (one pydantic
 model each, in search/parameters.py): choice, int, float, constant.
 
-`when: {param: value or [values], ...}` (all must hold) makes a parameter exist only when
+A top-level `start:` list of partial configurations (keys of the space's parameters, values they
+can take) runs first, in order; the keys a point leaves out are sampled as usual. `when: {param:
+value or [values], ...}` (all must hold) makes a parameter exist only when
 EARLIER parameters took one of those values; a parameter whose condition names an absent
 parameter is absent too, and absent keys are left out of the trial's config (the config default
 applies). Every value is validated by TrainConfig itself before any trial starts. An option a
@@ -43,6 +45,7 @@ from ecg_tune.search.parameters import (
     IntRange,
     Parameter,
     ParameterBase,
+    Scalar,
     fields_of,
     fmt,
 )
@@ -51,7 +54,7 @@ from ecg_tune.signal.transforms import TRANSFORMS
 __all__ = ["Choice", "Constant", "FloatRange", "IntRange", "Parameter", "ParameterBase", "SearchSettings",
            "SearchSpace", "check_grid", "check_value"]
 
-RESERVED = ("description", "search")
+RESERVED = ("description", "search", "start")
 
 if TYPE_CHECKING:
     from ecg_tune.search.adapt import DataFacts
@@ -97,6 +100,8 @@ class SearchSpace(BaseModel):
     shipped: bool = False  # shipped spaces shrink to fit the data; others are checked strictly
     facts: Any = None  # DataFacts once adapted (Any: a search-level type defined in adapt.py)
     notes: dict[str, str] = Field(default_factory=dict)  # how adapt() changed each parameter
+    # Partial configurations that run first, in order (keys left out are sampled).
+    start: tuple[dict[str, Scalar], ...] = ()
 
     @property
     def is_grid(self) -> bool:
@@ -127,6 +132,7 @@ class SearchSpace(BaseModel):
         if not self.parameters:
             raise ValueError("defines no parameters")
         _check_limit_order(self.parameters)
+        _check_start(self)
         if self.is_grid:
             check_grid(self)
         return self
@@ -159,7 +165,8 @@ class SearchSpace(BaseModel):
         if not isinstance(description, str):
             raise ConfigError(f"{where}: description: expected text, got a {yaml_type(description)}")
         try:
-            return cls(parameters=parameters, search=raw.get("search") or {}, description=description.strip(),
+            return cls(parameters=parameters, search=raw.get("search") or {}, start=raw.get("start") or (),
+                       description=description.strip(),
                        name=name, where=where, shipped=shipped)
         except ValidationError as exc:
             raise ConfigError(f"{where}: {space_error(exc, parameters)}") from None
@@ -206,6 +213,26 @@ def _check_when(key: str, p: ParameterBase, earlier: Mapping[str, ParameterBase]
             if not earlier[ref].can_take(value):
                 raise ValueError(f"{key}: when: {ref}: {fmt(value)} is not a value {ref} can take "
                                  f"({earlier[ref].shown()})")
+
+
+def _check_start(space: SearchSpace) -> None:
+    """Start points name the space's parameters with values they can take, in conditions that hold."""
+    if space.start and space.is_grid:
+        raise ValueError("start: a grid space runs every point anyway; start points are for searcher optuna")
+    for number, point in enumerate(space.start, 1):
+        at = f"start: {number}"
+        for key, value in point.items():
+            p = space.parameters.get(key)
+            if p is None:
+                raise ValueError(f"{at}: {key}: not a parameter of this space (a start point only sets the "
+                                 f"space's parameters)")
+            if not p.can_take(value):
+                raise ValueError(f"{at}: {key}: {fmt(value)} is not a value {key} can take ({p.shown()})")
+            check_value(key, value)
+            decided = all(ref in point for ref in p.when)
+            if decided and not p.active(point):
+                condition = " and ".join(f"{ref} in ({', '.join(fmt(v) for v in vs)})" for ref, vs in p.when.items())
+                raise ValueError(f"{at}: {key}: exists only when {condition}")
 
 
 def _check_limit_order(parameters: Mapping[str, ParameterBase]) -> None:

@@ -68,7 +68,7 @@ class Plan:
 
     metric: str
     mode: Direction
-    num_samples: int
+    num_samples: int | None  # None: no cap, trials keep starting until the time budget is spent
     max_epochs: int
     grace_period: int
     reduction_factor: float
@@ -83,10 +83,17 @@ class Plan:
         gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ", no GPU"
         schedule = (f"ASHA (max_t {self.max_epochs}, grace {self.grace_period}, reduction {self.reduction_factor:g})"
                     if self.scheduler == "asha" else f"FIFO ({self.max_epochs} epochs each)")
-        budget = f"; time budget {self.time_budget:g} s" if self.time_budget else ""
         best = "lowest" if self.mode == "min" else "highest"
-        return (f"{self.num_samples} trials by {self.searcher}, {schedule}, ranked by {self.metric} ({best} "
-                f"wins); each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once{budget}")
+        return (f"{self.limits()}; by {self.searcher}, {schedule}, ranked by {self.metric} ({best} wins); "
+                f"each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once")
+
+    def limits(self) -> str:
+        """Which limits end the search."""
+        if self.time_budget and self.num_samples is None:
+            return f"trials until the time budget of {self.time_budget:g} s is spent"
+        if self.time_budget:
+            return f"at most {self.num_samples} trials or {self.time_budget:g} s, whichever comes first"
+        return f"{self.num_samples} trials (no time budget)"
 
 
 def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, cluster_cpus: float,
@@ -110,8 +117,16 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
     fits = math.floor(cluster_cpus / cpus)
     if gpus > 0:
         fits = min(fits, math.floor(cluster_gpus / gpus + 1e-9))
-    grid_size = len(grid(space, facts)) if space.is_grid else None
-    num_samples = options.num_samples or grid_size or settings.num_samples
+    time_budget = options.time_budget or settings.time_budget
+    num_samples: int | None
+    if space.is_grid:
+        num_samples = options.num_samples or len(grid(space, facts))
+    elif time_budget:
+        # A budget is a budget: the space's num_samples does not end a search early; only an
+        # explicit --num-samples caps it.
+        num_samples = options.num_samples
+    else:
+        num_samples = options.num_samples or settings.num_samples
     max_epochs = options.max_epochs or settings.max_epochs
     return Plan(
         metric=metric,
@@ -122,10 +137,10 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
         reduction_factor=options.reduction_factor or settings.reduction_factor,
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,
-        max_concurrent=max(1, min(options.max_concurrent or fits, fits, num_samples)),
+        max_concurrent=max(1, min(options.max_concurrent or fits, fits, num_samples or fits)),
         searcher="grid" if space.is_grid else options.searcher,
         scheduler="fifo" if space.is_grid else options.scheduler,
-        time_budget=options.time_budget or settings.time_budget,
+        time_budget=time_budget,
     )
 
 
@@ -191,7 +206,8 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset) -> 
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=plan.metric, mode=plan.mode,
-                num_samples=1 if plan.searcher == "grid" else plan.num_samples,
+                # -1: Tune keeps starting trials until time_budget_s ends the search.
+                num_samples=1 if plan.searcher == "grid" else (plan.num_samples or -1),
                 search_alg=_searcher(plan, options, space, facts, out),
                 scheduler=_scheduler(plan),
                 max_concurrent_trials=plan.max_concurrent,
@@ -218,7 +234,8 @@ def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: Dat
     if plan.searcher == "grid":
         return None  # Tune's default generator runs the param_space grid
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from ecg_tune.search.optuna_search import PruningAwareOptunaSearch
 
     sampler: optuna.samplers.BaseSampler
     if plan.searcher == "random":
@@ -230,8 +247,9 @@ def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: Dat
     if options.optuna_storage:
         kwargs = {"storage": optuna.storages.RDBStorage(options.optuna_storage),
                   "study_name": f"ecg-tune-{out.name}"}
-    return OptunaSearch(space=define_by_run(space, facts), metric=plan.metric, mode=plan.mode,
-                        sampler=sampler, **kwargs)
+    # ASHA-stopped trials reach Optuna as PRUNED, not COMPLETE (see search/optuna_search.py).
+    return PruningAwareOptunaSearch(space=define_by_run(space, facts), metric=plan.metric, mode=plan.mode,
+                                    sampler=sampler, max_epochs=plan.max_epochs, **kwargs)
 
 
 def _scheduler(plan: Plan) -> Any:

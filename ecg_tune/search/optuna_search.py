@@ -1,0 +1,90 @@
+"""OptunaSearch that tells Optuna which trials the scheduler cut short (issue 15, item 3a).
+
+Why: Ray 2.60's `OptunaSearch.on_trial_complete` tells every trial that has a result as
+COMPLETE with the metric of its LAST result, including a trial ASHA stopped at a low rung, so
+TPE ranks a 1-epoch score with the finished ones. Ray also skips `on_trial_result` for the
+result the scheduler answers STOP to (TuneController._process_trial_result), so the epoch a
+trial ends on never reaches Optuna as an intermediate value.
+
+Here every epoch's metric is reported as an intermediate value (step = training_iteration,
+the stopping epoch included), and on completion a trial is told:
+- PRUNED when it reported fewer than `max_epochs` iterations (Optuna keeps its last
+  intermediate value as its value; TPE ranks pruned trials after the complete ones, deeper
+  steps first, then by that value);
+- COMPLETE with its best epoch's value in the searcher's mode when it ran all `max_epochs`,
+  the way search/export.py ranks trials (FAIL if it has no finite value);
+- FAIL when it errored.
+The Tune trial id is stored as the Optuna trial's user attribute `tune_trial_id`. Single
+objective only; with a list of metrics the base class's behaviour is kept. The state lives in
+`__dict__`, which the base class pickles in `save` and restores in `restore` (--resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+TRAINING_ITERATION = "training_iteration"
+TUNE_TRIAL_ID = "tune_trial_id"
+
+logger = logging.getLogger(__name__)
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """`OptunaSearch` whose trials stopped before `max_epochs` reach Optuna as PRUNED."""
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+        self._reported: dict[str, dict[int, float]] = {}  # Tune trial id -> {step: metric}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list):
+            return super().on_trial_result(trial_id, result)
+        if trial_id in self._completed_trials:
+            logger.warning("Result for trial %s after it finished: ignored", trial_id)
+            return
+        self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        if result and not error:
+            self._report(trial_id, result)  # the stopping result never came through on_trial_result
+        history = self._reported.pop(trial_id, {})
+        finite = [v for v in history.values() if not math.isnan(v)]
+        value: float | None = None
+        if error:
+            state = optuna.trial.TrialState.FAIL
+        elif history and max(history) >= self._max_epochs:
+            if finite:
+                state, value = optuna.trial.TrialState.COMPLETE, (max if self.mode == "max" else min)(finite)
+            else:
+                state = optuna.trial.TrialState.FAIL
+        else:
+            state = optuna.trial.TrialState.PRUNED  # value: Optuna takes the last intermediate one
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        except Exception as exc:  # as the base class: a bad value must not end the search
+            logger.warning(exc)
+        self._completed_trials.add(trial_id)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """Record and report the result's metric at its training_iteration, once per step."""
+        metric, step = result.get(self.metric), result.get(TRAINING_ITERATION)
+        if metric is None or step is None:
+            return
+        history = self._reported.setdefault(trial_id, {})
+        if int(step) not in history:  # a trial restarted from a checkpoint repeats epochs
+            history[int(step)] = float(metric)
+            self._ot_trials[trial_id].report(float(metric), int(step))
