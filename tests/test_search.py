@@ -165,6 +165,19 @@ def test_a_budget_fills_its_time(ray_cluster, small, tmp_path: Path) -> None:
     assert time.time() - started >= 0.9 * 20
 
 
+def test_start_points_run_first_as_given(ray_cluster, small, tmp_path: Path) -> None:
+    space = write_space(tmp_path / "start.yaml", "start:\n  - {transform: none, lr: 0.000777}\n"
+                        "  - {transform: wavelet, wavelet: haar, levels: 3}\n" + TINY + "search: {max_epochs: 1}\n")
+    search(small, space, tmp_path / "out", num_samples=3, cpus_per_trial=1, max_concurrent=1, scheduler="fifo")
+    params = [json.loads(p.read_text()) for p in (tmp_path / "out" / "experiment").glob("*/params.json")]
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    first, second = trials.iloc[0], trials.iloc[1]  # Tune lists trials in creation order
+    assert first["config/transform"] == "none" and first["config/lr"] == pytest.approx(0.000777)
+    assert second["config/transform"] == "wavelet" and second["config/wavelet"] == "haar"
+    assert int(second["config/levels"]) == 3
+    assert any(p.get("lr") == 0.000777 for p in params)
+
+
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([*SEARCH, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "RAY_DEDUP_LOGS": "0"})

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -74,7 +74,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
         else:
             state = optuna.trial.TrialState.PRUNED  # value: Optuna takes the last intermediate one
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+            study = cast(optuna.Study, self._ot_study)  # set up by the base class once it has a space
+            study.tell(self._ot_trials[trial_id], value, state=state)
         except Exception as exc:  # as the base class: a bad value must not end the search
             logger.warning(exc)
         self._completed_trials.add(trial_id)

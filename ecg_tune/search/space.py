@@ -79,6 +79,9 @@ class SearchSettings(BaseModel):
     num_samples: NumSamples = 20
     searcher: Literal["optuna", "grid"] = "optuna"
     time_budget: TimeBudget | None = None  # no new trials after it; running ones are stopped
+    # TPE's random start-up trials (None: a quarter of a capped search, 2 to 10; 5 under a time
+    # budget, where a laptop's few minutes start only a handful of trials on long records).
+    startup_trials: NumSamples | None = None
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SearchSettings:

@@ -78,6 +78,7 @@ class Plan:
     searcher: str
     scheduler: str
     time_budget: float | None = None
+    startup_trials: int = 10  # TPE's random start-up trials (start points count among them)
 
     def describe(self) -> str:
         gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ", no GPU"
@@ -141,7 +142,20 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
         searcher="grid" if space.is_grid else options.searcher,
         scheduler="fifo" if space.is_grid else options.scheduler,
         time_budget=time_budget,
+        startup_trials=settings.startup_trials or _startup_trials(num_samples),
     )
+
+
+# Under a time budget the number of trials is unknown: on long records a laptop's 4 minutes
+# start about 5-10 (docs/benchmarks.md, `search`), so TPE must begin modelling after a few.
+_STARTUP_UNDER_BUDGET = 5
+
+
+def _startup_trials(num_samples: int | None) -> int:
+    """TPE's random start-up count for a search of `num_samples` trials (None: budget-driven)."""
+    if num_samples is None:
+        return _STARTUP_UNDER_BUDGET
+    return max(2, min(10, num_samples // 4))
 
 
 def start_ray(options: SearchOptions) -> None:
@@ -242,14 +256,19 @@ def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: Dat
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
     else:
         # multivariate + group: TPE models parameters jointly and copes with conditional ones.
-        sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True)
+        sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
+                                             n_startup_trials=plan.startup_trials)
     kwargs: dict[str, Any] = {}
     if options.optuna_storage:
         kwargs = {"storage": optuna.storages.RDBStorage(options.optuna_storage),
                   "study_name": f"ecg-tune-{out.name}"}
     # ASHA-stopped trials reach Optuna as PRUNED, not COMPLETE (see search/optuna_search.py).
+    # Start points are enqueued in the study: the define-by-run function's suggest_* calls return
+    # their values, and the keys they leave out are sampled (tests/test_search.py checks they run
+    # as given).
     return PruningAwareOptunaSearch(space=define_by_run(space, facts), metric=plan.metric, mode=plan.mode,
-                                    sampler=sampler, max_epochs=plan.max_epochs, **kwargs)
+                                    sampler=sampler, max_epochs=plan.max_epochs,
+                                    points_to_evaluate=[dict(p) for p in space.start] or None, **kwargs)
 
 
 def _scheduler(plan: Plan) -> Any:

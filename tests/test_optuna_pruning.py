@@ -1,0 +1,177 @@
+"""ASHA-stopped trials reach Optuna as PRUNED (search/optuna_search.py).
+
+The searcher is driven directly as Tune drives it (suggest, on_trial_result for each epoch the
+scheduler lets continue, on_trial_complete with the last result), then through a real search on
+a small local Ray cluster whose Optuna study is kept in sqlite, and saved and restored.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from ecg_tune.search.optuna_search import TUNE_TRIAL_ID, PruningAwareOptunaSearch
+
+State = optuna.trial.TrialState
+
+
+def learning_rate_space(trial: optuna.trial.Trial) -> None:
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+
+
+def searcher(mode: str, storage: str | None = None) -> PruningAwareOptunaSearch:
+    extra = {"storage": optuna.storages.RDBStorage(storage), "study_name": "unit"} if storage else {}
+    return PruningAwareOptunaSearch(space=learning_rate_space, metric="score", mode=mode, max_epochs=4,
+                                    sampler=optuna.samplers.TPESampler(seed=0), **extra)
+
+
+def epoch(step: int, score: float) -> dict:
+    return {"score": score, "training_iteration": step, "trial_id": "ignored"}
+
+
+def run_trial(s: PruningAwareOptunaSearch, trial_id: str, scores: list[float], *, finish: bool = True) -> None:
+    """Like Tune with ASHA: every epoch but the last through on_trial_result; the last result,
+    the one the scheduler answers STOP to, only through on_trial_complete."""
+    assert s.suggest(trial_id) is not None
+    for step, score in enumerate(scores[:-1], 1):
+        s.on_trial_result(trial_id, epoch(step, score))
+    if finish:
+        s.on_trial_complete(trial_id, result=epoch(len(scores), scores[-1]))
+
+
+def by_tune_id(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    return {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.get_trials(deepcopy=False)}
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_stopped_trials_are_pruned_and_finished_ones_complete_with_their_best(mode: str) -> None:
+    s = searcher(mode)
+    run_trial(s, "stopped", [0.3, 0.35])
+    run_trial(s, "finished", [0.2, 0.6, 0.5, 0.4])
+    run_trial(s, "errored", [0.5], finish=False)
+    s.on_trial_complete("errored", error=True)  # how TuneController reports an error: no result
+    assert s.suggest("never_ran") is not None
+    s.on_trial_complete("never_ran")  # a pending trial removed: no result
+    trials = by_tune_id(s._ot_study)
+
+    stopped = trials["stopped"]
+    assert stopped.state == State.PRUNED
+    assert stopped.intermediate_values == {1: 0.3, 2: 0.35}  # the stopping epoch included
+    assert stopped.value == 0.35  # Optuna keeps a pruned trial's last intermediate value
+    finished = trials["finished"]
+    assert finished.state == State.COMPLETE
+    assert finished.intermediate_values == {1: 0.2, 2: 0.6, 3: 0.5, 4: 0.4}
+    assert finished.value == (0.6 if mode == "max" else 0.2)  # its best epoch, as export.py ranks
+    assert trials["errored"].state == State.FAIL and trials["errored"].value is None
+    assert trials["never_ran"].state == State.PRUNED and trials["never_ran"].intermediate_values == {}
+    assert s._ot_study.direction.name == ("MAXIMIZE" if mode == "max" else "MINIMIZE")
+    # A later suggestion still works with pruned trials in the study.
+    assert "lr" in s.suggest("next")
+
+
+def test_a_repeated_epoch_keeps_its_first_value_and_late_results_are_ignored() -> None:
+    s = searcher("max")
+    s.suggest("t")
+    s.on_trial_result("t", epoch(1, 0.5))
+    s.on_trial_result("t", epoch(1, 0.9))  # restarted from a checkpoint: epoch 1 again
+    s.on_trial_complete("t", result=epoch(2, 0.6))
+    s.on_trial_result("t", epoch(3, 0.7))
+    s.on_trial_complete("t", result=epoch(3, 0.7))
+    trial = by_tune_id(s._ot_study)["t"]
+    assert trial.state == State.PRUNED and trial.intermediate_values == {1: 0.5, 2: 0.6}
+
+
+def test_a_finished_trial_without_a_finite_score_fails() -> None:
+    s = searcher("max")
+    run_trial(s, "nan", [float("nan")] * 4)
+    assert by_tune_id(s._ot_study)["nan"].state == State.FAIL  # not left RUNNING by a rejected tell
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_save_and_restore_keep_the_study_and_trials_in_flight(storage: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/unit.db" if storage == "sqlite" else None
+    s = searcher("max", url)
+    run_trial(s, "stopped", [0.3, 0.35])
+    run_trial(s, "running", [0.1, 0.2, 0.3], finish=False)  # reported epochs 1 and 2 so far
+    # Tune pickles the searcher object with the Tuner (tuner.pkl) and saves its state with
+    # Searcher.save_to_dir at every experiment checkpoint; a resume restores both.
+    restored = pickle.loads(pickle.dumps(s))
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    s.save_to_dir(str(folder), session_str="now")
+    restored.restore_from_dir(str(folder))
+    assert isinstance(restored, PruningAwareOptunaSearch) and restored._max_epochs == 4
+
+    restored.on_trial_result("running", epoch(2, 0.99))  # repeated after the restart: ignored
+    restored.on_trial_result("running", epoch(3, 0.3))
+    restored.on_trial_complete("running", result=epoch(4, 0.25))
+    run_trial(restored, "after", [0.5])
+    study = restored._ot_study
+    if url:  # what optuna-dashboard and the pipeline's caller see
+        study = optuna.load_study(study_name="unit", storage=url)
+    trials = by_tune_id(study)
+    assert trials["stopped"].state == State.PRUNED and trials["stopped"].intermediate_values == {1: 0.3, 2: 0.35}
+    assert trials["running"].state == State.COMPLETE and trials["running"].value == 0.3
+    assert trials["running"].intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.25}
+    assert trials["after"].state == State.PRUNED and len(trials) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# A real search
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+TINY = """
+model: simple_cnn
+input_length: 600
+batch_size: 16
+transform: {type: choice, values: [none, wavelet]}
+wavelet: {type: choice, values: [db2, haar], when: {transform: wavelet}}
+levels: {type: int, low: 2, high: 4, when: {transform: wavelet}}
+lr: {type: float, low: 0.0001, high: 0.01, log: true}
+search: {max_epochs: 4, grace_period: 1, reduction_factor: 2}
+"""
+
+
+def test_asha_stopped_trials_are_pruned_in_the_study(ray_cluster, tmp_path: Path) -> None:
+    from ecg_tune.data import prepare
+    from ecg_tune.pipeline import PipelineOptions, run_pipeline
+    from ecg_tune.search.tuner import SearchOptions
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY)
+    out, storage = tmp_path / "out", f"sqlite:///{tmp_path}/study.db"
+    options = SearchOptions(out=out, num_samples=8, cpus_per_trial=1, max_concurrent=2, optuna_storage=storage)
+    result = run_pipeline(PipelineOptions(search=options, space=space, refit=None),
+                          dataset=prepare("synthetic:80", progress=False))
+    metric = result.plan.metric
+    rows = pd.read_csv(out / "trials.csv").set_index("trial_id")
+    histories = result.run.histories()
+    study = optuna.load_study(study_name=f"ecg-tune-{out.name}", storage=storage)
+    trials = by_tune_id(study)
+
+    assert set(trials) == set(rows.index) and len(rows) == 8
+    assert set(rows["status"]) == {"completed", "stopped"}, rows["status"].tolist()  # ASHA stopped some
+    for trial_id, row in rows.iterrows():
+        trial, history = trials[trial_id], histories[trial_id]
+        per_epoch = dict(zip(history["training_iteration"].astype(int), history[metric].astype(float), strict=True))
+        assert trial.intermediate_values == pytest.approx(per_epoch), trial_id
+        assert len(per_epoch) == row["epochs"]
+        if row["status"] == "stopped":
+            assert trial.state == State.PRUNED and row["epochs"] < 4
+            assert trial.value == pytest.approx(per_epoch[row["epochs"]])
+        else:
+            assert trial.state == State.COMPLETE and row["epochs"] == 4
+            assert trial.value == pytest.approx(row[f"best/{metric}"])
