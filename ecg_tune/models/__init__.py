@@ -44,11 +44,18 @@ class EcgModel(nn.Module):
     Attributes:
         uses_svm: True when the training loop must fit an `SVMStage` on `features` after
             training the network (cnn_svm); class attribute, False by default.
+        needs_data_init: True when the model fits something to training data before training
+            (minirocket: its biases and feature scaling): the training loop then calls
+            `initialise` once, before the first epoch of a run that is not resumed, with the
+            inputs of a fixed, seeded sample of training records. Class attribute, False by
+            default. What `initialise` fits must live in the state dict (persistent buffers),
+            so that checkpoints and bundles restore it.
         feature_dim: size F of `features(x)`.
         in_channels, input_length, n_classes: the sizes the model was built for.
     """
 
     uses_svm: ClassVar[bool] = False
+    needs_data_init: ClassVar[bool] = False
     Options: ClassVar[type[PartOptions]] = NoOptions
     # The shortest input (samples after the transform) the model can be built for.
     min_input_length: ClassVar[int] = 1
@@ -66,6 +73,11 @@ class EcgModel(nn.Module):
         self.input_length = input_length
         self.n_classes = n_classes
         self.feature_dim = 0  # set by the subclass
+
+    def initialise(self, inputs: torch.Tensor) -> None:
+        """Fit what the model takes from training data, from `inputs` (N, C, L): the transform's
+        output for a sample of training records. Called only when `needs_data_init`; the
+        default fits nothing."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, L) -> (B, feature_dim): the penultimate representation."""
@@ -94,7 +106,7 @@ MODELS: Registry[type[EcgModel]] = Registry("model")
 # The model modules import EcgModel and MODELS from this package and register themselves, so
 # these imports must come after the definitions above (a partially initialised package is
 # enough for them). Adding a model is one module plus one line here.
-from ecg_tune.models import ecg_cnn, resnet1d, simple_cnn  # noqa: E402,F401
+from ecg_tune.models import ecg_cnn, minirocket, resnet1d, simple_cnn  # noqa: E402,F401
 
 
 def model_names() -> list[str]:

@@ -9,6 +9,9 @@ in-memory `TensorData`; augmentation and the input transform run batched on the 
 Randomness is derived from (seed, epoch), so a run resumed at epoch k draws the same batches and
 augmentations as the uninterrupted run would have.
 
+A model marked `needs_data_init` (minirocket) first fits what it takes from the data (biases,
+feature scaling) on a fixed, seeded sample of training records, unless the run is resumed.
+
 `cnn_svm`: each epoch trains the extractor with its linear head, then fits the SVM stage on that
 epoch's features of (a stratified subsample of) the training records and reports the SVM's
 validation metrics, so that it is ranked by what it would deliver.
@@ -28,11 +31,15 @@ from ecg_tune.config import TrainConfig
 from ecg_tune.data.tensors import TensorData
 from ecg_tune.errors import ConfigError
 from ecg_tune.models.svm import SVMOptions, SVMStage, stratified_subsample
-from ecg_tune.signal.augment import BatchAugmenter, build_augmenter
+from ecg_tune.signal.augment import BatchAugmenter, build_augmenter, fit_to_length
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities, window_outputs
 from ecg_tune.training.metrics import classification_metrics
 from ecg_tune.training.network import Network, build_network
+
+# Training records `initialise` sees (models with `needs_data_init`), drawn with this stream.
+INIT_RECORDS = 512
+_INIT_STREAM = 0x1D17
 
 
 @dataclass
@@ -103,6 +110,8 @@ def fit(
         best_loss, stale = float(resume["best_loss"]), int(resume["stale"])
         history = list(resume.get("lr_history", []))
         svm = _load_svm(resume.get("svm"))
+    elif network.model.needs_data_init:
+        _initialise_model(config, network, data, train_index, device)
 
     signals, lengths, scale = data.torch_views()
     labels = torch.as_tensor(data.labels)
@@ -144,6 +153,21 @@ def fit(
         yield EpochResult(epoch + 1, metrics, network, svm, state)
         if config.early_stop_patience and stale >= config.early_stop_patience:
             break
+
+
+def _initialise_model(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
+                      device: torch.device) -> None:
+    """`model.initialise` on the inputs of a fixed, seeded sample of training records, fitted to
+    the input length as evaluation fits them (models that fit e.g. biases to the data)."""
+    rng = np.random.default_rng([config.seed, _INIT_STREAM])
+    take = min(len(train_index), INIT_RECORDS)
+    rows = torch.as_tensor(np.sort(rng.choice(train_index, size=take, replace=False)))
+    signals, lengths, scale = data.torch_views()
+    x = fit_to_length(signals.index_select(0, rows), lengths[rows], network.input_length)
+    if config.normalisation == "none":
+        x = x * scale[rows, None]
+    with torch.no_grad():
+        network.model.initialise(network.inputs(x.to(device)))
 
 
 def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.Optimizer,
