@@ -72,8 +72,9 @@ def test_wavelet_lengths_are_the_known_ones():
 
 
 def test_registry_names():
-    assert model_names() == sorted(ALL_MODELS)
-    assert set(MODELS) == set(ALL_MODELS)
+    # minirocket (tests/test_minirocket.py) fits itself to data first, so the matrices here skip it.
+    assert model_names() == sorted([*ALL_MODELS, "minirocket"])
+    assert set(MODELS) == {*ALL_MODELS, "minirocket"}
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
