@@ -413,3 +413,89 @@ def test_runs_on_the_batch_device() -> None:
     assert y.device.type == "cuda" and y.shape == (len(CINC_LIKE), N)
     with pytest.raises(ValueError, match="generator"):
         aug(x.cuda(), lens, gen())
+
+
+# -- the warp's distribution -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("warp", [0.1, 0.3])
+def test_warp_factors_are_uniform_independent_and_applied_as_drawn(warp: float) -> None:
+    """The documented distribution: f ~ U[1 - warp, 1 + warp], one independent draw per record,
+    the same at every position of a batch; and the output is warped by exactly the drawn f."""
+    from scipy import stats
+
+    aug = BatchAugmenter("warp_only", N, params=AugmentParams(warp=warp))
+    g = gen(2017)
+    batches = [np.asarray(aug.sample([9000] * 32, g).factor) for _ in range(400)]
+    factors = np.stack(batches)  # (batch, row)
+    flat = factors.ravel()
+    assert flat.min() >= 1 - warp and flat.max() <= 1 + warp
+    uniform = stats.uniform(loc=1 - warp, scale=2 * warp)
+    assert stats.kstest(flat, uniform.cdf).pvalue > 1e-3
+    # Moments of U[1 - w, 1 + w] over 12,800 draws: mean 1, variance w^2 / 3.
+    assert abs(flat.mean() - 1) < 4 * warp / np.sqrt(3 * flat.size)
+    assert abs(flat.var() / (warp**2 / 3) - 1) < 0.05
+    # Every batch position has the same distribution (no factors shared or quantised per batch).
+    for row in (0, 15, 31):
+        assert stats.kstest(factors[:, row], uniform.cdf).pvalue > 1e-3
+    assert all(len(set(batch)) == 32 for batch in batches)
+    # Independent rows: neighbours within a batch are uncorrelated.
+    assert abs(np.corrcoef(factors[:, :-1].ravel(), factors[:, 1:].ravel())[0, 1]) < 0.05
+
+    # Applied as drawn: without noise a nonzero record's nonzero span is round(L * f) samples.
+    x, lens = make_batch([2000, 3001, 4567, 6000, 7000, 8000])
+    draws = aug.sample(lens, gen(5))
+    y = aug.apply(x, lens, draws)
+    for b, length in enumerate(lens.tolist()):
+        nonzero = int((y[b] != 0).sum())
+        assert nonzero == min(round(length * draws.factor[b]), N) == min(draws.warped[b], N)
+
+
+# -- rows read in place ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES.names()))
+@pytest.mark.parametrize("fit", ["pad", "crop"])
+def test_rows_read_in_place_give_the_fetched_batch_output(
+    policy: str, fit: str, monkeypatch
+) -> None:
+    matrix, lens = make_batch(CINC_LIKE + [18286, 96, 9000, 12000], width=20000, kind="chirp")
+    rows = torch.tensor([12, 0, 5, 1, 13, 2, 9, 1, 15, 7])
+    aug = BatchAugmenter(policy, N, fit=fit, params=AugmentParams(warp=0.3))
+    fetched = aug(matrix[rows], lens[rows], gen(31))
+
+    def no_copy(*_: object) -> None:
+        raise AssertionError("the rows were copied out, not read in place")
+
+    monkeypatch.setattr(augment, "_fetch", no_copy)
+    assert torch.equal(aug(matrix, lens[rows], gen(31), rows=rows), fetched)
+    out = torch.empty(len(rows), N)
+    assert aug(matrix, lens[rows], gen(31), out=out, rows=rows) is out
+    assert torch.equal(out, fetched)
+
+
+@pytest.mark.parametrize("policy", ["all", "warp_only", "shift_only", "none"])
+def test_rows_fall_back_to_a_copy_when_in_place_cannot_work(policy: str) -> None:
+    # Rows as wide as the matrix (a stretched read would run into the next row), a matrix
+    # narrower than the input, float64 and non-contiguous matrices.
+    x, lens = make_batch([96, 96, 90, 96])
+    rows = torch.tensor([3, 0, 0, 2])
+    for n in (60, 96, 200):
+        aug = BatchAugmenter(policy, n, params=AugmentParams(warp=0.5))
+        expected = aug(x[rows], lens[rows], gen(n))
+        assert torch.equal(aug(x, lens[rows], gen(n), rows=rows), expected)
+        assert torch.equal(aug(x.double(), lens[rows], gen(n), rows=rows), expected)
+        wide = torch.zeros(4, 2 * x.shape[1])
+        wide[:, ::2] = x
+        assert torch.equal(aug(wide[:, ::2], lens[rows], gen(n), rows=rows), expected)
+
+
+def test_bad_rows_are_rejected() -> None:
+    aug = BatchAugmenter("all", 100)
+    x, lens = random_batch([80, 120, 100])
+    with pytest.raises(ValueError, match="rows"):
+        aug(x, lens[:2], gen(), rows=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="rows"):
+        aug(x, lens[:2], gen(), rows=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="lengths"):
+        aug(x, lens, gen(), rows=torch.tensor([0, 1]))
