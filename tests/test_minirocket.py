@@ -21,6 +21,7 @@ from ecg_tune.data import prepare
 from ecg_tune.errors import ConfigError
 from ecg_tune.models import MODELS, EcgModel, build_model
 from ecg_tune.models.minirocket import MiniRocket, RocketOptions, fit_dilations
+from ecg_tune.models.ridge import ALPHAS
 from ecg_tune.training.evaluate import record_probabilities
 from ecg_tune.training.loop import fit
 
@@ -181,7 +182,7 @@ def test_min_input_length_is_honest():
 
 def test_options_are_new_keys_of_this_model_only():
     keys = set(RocketOptions.model_fields)
-    assert keys == {"rocket_features", "rocket_max_dilations", "rocket_pooling", "rocket_difference"}
+    assert keys == {"rocket_features", "rocket_max_dilations", "rocket_pooling", "rocket_difference", "rocket_head"}
     for family, registry in PART_KEYS.items():
         for name in registry.names():
             if (family, name) != ("model", "minirocket"):
@@ -314,7 +315,7 @@ def loop_config(**values):
 
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_trains_through_the_loop(dataset, transform: dict):
-    config = loop_config(**transform)
+    config = loop_config(rocket_head="gradient", **transform)
     results = list(fit(config, dataset.tensors, dataset.index("train"), dataset.index("val"), device="cpu"))
     assert [r.epoch for r in results] == [1, 2]
     for r in results:
@@ -323,6 +324,21 @@ def test_trains_through_the_loop(dataset, transform: dict):
     assert isinstance(model, MiniRocket)
     assert torch.count_nonzero(model.raw_biases) > 0.9 * model.raw_biases.numel()  # initialised
     assert model.in_channels == (4 if transform.get("wavelet_output") == "bands" else 1)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_the_ridge_head_is_one_closed_form_fit(dataset, transform: dict):
+    config = loop_config(epochs=5, class_weighting="balanced", **transform)
+    results = list(fit(config, dataset.tensors, dataset.index("train"), dataset.index("val"), device="cpu"))
+    assert [r.epoch for r in results] == [1]  # nothing left to learn after the fit
+    metrics = results[0].metrics
+    assert metrics["ridge_alpha"] in ALPHAS and metrics["ridge_temperature"] > 0
+    assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["val_loss"])
+    # The head really is the ridge solution: not the zeros it was built with, and its training
+    # predictions beat always guessing one class.
+    model = results[0].network.model
+    assert torch.count_nonzero(model.head.weight) > 0
+    assert metrics["val_accuracy"] > 0.5
 
 
 def test_initialise_runs_once_and_not_on_resume(dataset, monkeypatch):
@@ -334,7 +350,7 @@ def test_initialise_runs_once_and_not_on_resume(dataset, monkeypatch):
         return original(self, inputs)
 
     monkeypatch.setattr(MiniRocket, "initialise", spy)
-    config = loop_config(epochs=3)
+    config = loop_config(epochs=3, rocket_head="gradient")
     args = (config, dataset.tensors, dataset.index("train"), dataset.index("val"))
     straight = [r.metrics for r in fit(*args, device="cpu")]
     assert calls == [(len(dataset.index("train")), 1, 1200)]

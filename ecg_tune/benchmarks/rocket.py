@@ -10,9 +10,11 @@ centre-trimmed, as evaluation does):
   StandardScaler + RidgeClassifierCV (alphas 1e-3..1e3), the reference (as in `benchmark quality`);
 - `ours + ridge`: the model's random-kernel features (biases fitted on the sample of training
   records the training loop would give `initialise`) with the same ridge head;
-- `ours, loop head`: the model trained by `training.loop.fit` (its linear head on standardised
-  features), scored on the same fitted inputs; and, for records longer than the input, with the
-  project's record-level windowed evaluation;
+- `ours, through the loop` (`ours_model`): the `minirocket` model as the search trains it,
+  `training.loop.fit` with its default closed-form ridge head, scored on the same fitted inputs
+  and, for records longer than the input, with the project's record-level windowed evaluation;
+- `ours, gradient head` (`ours_loop`, skipped with `--epochs 0`): the same with
+  `rocket_head=gradient`, its linear head trained by the loop for `--epochs` epochs;
 - optionally `ours (multi + difference) + ridge` (`--multi`): MultiRocket's operators and the
   first-difference series at the same number of features;
 and once, the transform's throughput (records/s of the features alone, best of interleaved
@@ -134,7 +136,7 @@ def torch_features(model: Any, x: np.ndarray) -> np.ndarray:
 
 
 def loop_head(data: RocketData, seed: int, test_x: np.ndarray, epochs: int, lr: float,
-              weight_decay: float, batch_size: int, augmentation: str) -> dict[str, float]:
+              weight_decay: float, batch_size: int, augmentation: str, head: str = "gradient") -> dict[str, float]:
     """The model trained by the project's loop; accuracy on the fitted test inputs and with the
     record-level windowed evaluation."""
     from ecg_tune.config import make_config
@@ -143,7 +145,7 @@ def loop_head(data: RocketData, seed: int, test_x: np.ndarray, epochs: int, lr: 
 
     config = make_config({"model": "minirocket", "input_length": data.input_length, "epochs": epochs,
                           "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-                          "augmentation": augmentation, "seed": seed})
+                          "augmentation": augmentation, "seed": seed, "rocket_head": head})
     started = time.perf_counter()
     *_, last = fit(config, data.tensors, data.train, None, device="cpu")
     seconds = time.perf_counter() - started
@@ -199,6 +201,7 @@ def run(data: RocketData, seeds: list[int], threads: int, epochs: int, lr: float
             model = torch_model(train_x, n_classes, seed, rocket_pooling="multi", rocket_difference=True)
             row["ours_multi_ridge"] = ridge_accuracy(torch_features(model, train_x), train_y,
                                                      torch_features(model, test_x), test_y)
+        row["ours_model"] = loop_head(data, seed, test_x, 1, lr, weight_decay, batch_size, "none", head="ridge")
         if epochs:
             row["ours_loop"] = loop_head(data, seed, test_x, epochs, lr, weight_decay, batch_size, augmentation)
         log(json.dumps(row))
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=2000, help="CinC: records in the subset")
     parser.add_argument("--input-length", type=int, default=3000, help="CinC: samples per input")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--epochs", type=int, default=40, help="loop head epochs (0: skip it)")
+    parser.add_argument("--epochs", type=int, default=40, help="gradient head epochs (0: skip it)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -50,12 +51,17 @@ class EcgModel(nn.Module):
             inputs of a fixed, seeded sample of training records. Class attribute, False by
             default. What `initialise` fits must live in the state dict (persistent buffers),
             so that checkpoints and bundles restore it.
+        closed_form_head: True when the head is not trained by gradient steps but solved in
+            closed form from the training records' features (minirocket's ridge head): the
+            training loop then calls `fit_head` once, as the run's only epoch. An instance
+            attribute, since it can depend on the model's options; False by default.
         feature_dim: size F of `features(x)`.
         in_channels, input_length, n_classes: the sizes the model was built for.
     """
 
     uses_svm: ClassVar[bool] = False
     needs_data_init: ClassVar[bool] = False
+    closed_form_head: bool = False
     Options: ClassVar[type[PartOptions]] = NoOptions
     # The shortest input (samples after the transform) the model can be built for.
     min_input_length: ClassVar[int] = 1
@@ -78,6 +84,13 @@ class EcgModel(nn.Module):
         """Fit what the model takes from training data, from `inputs` (N, C, L): the transform's
         output for a sample of training records. Called only when `needs_data_init`; the
         default fits nothing."""
+
+    def fit_head(self, features: torch.Tensor, labels: np.ndarray, weights: np.ndarray | None,
+                 seed: int) -> dict[str, float]:
+        """Solve the head from `features(x)` of training inputs (N, feature_dim), their labels and
+        optional row weights; returns figures worth reporting (e.g. the penalty chosen). Called
+        only when `closed_form_head`."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form head")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, L) -> (B, feature_dim): the penultimate representation."""

@@ -25,8 +25,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import softmax
 from sklearn.base import clone
 from sklearn.dummy import DummyClassifier
 from sklearn.model_selection import StratifiedKFold
@@ -34,6 +33,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from ecg_tune.models.calibrate import fit_temperature
 from ecg_tune.registry import PartOptions
 
 __all__ = ["SVMOptions", "SVMStage", "stratified_subsample"]
@@ -46,10 +46,6 @@ class SVMOptions(PartOptions):
     svm_gamma: float | Literal["scale", "auto"] = "scale"
     # Training records the SVM is fitted on per epoch (stratified subsample when more).
     svm_max_train: int = Field(3000, ge=1)
-
-# Temperatures searched, as log(T): wide enough for vote-count scores (differences of 1..K).
-_LOG_T_BOUNDS = (-7.0, 7.0)
-
 
 def stratified_subsample(labels: np.ndarray, max_rows: int, seed: int = 0,
                          min_per_class: int = 3) -> np.ndarray:
@@ -161,14 +157,7 @@ class SVMStage:
         for train, test in splitter.split(x, y):
             model = clone(self.pipeline).fit(x[train], y[train])
             scores[test] = _logits(model.decision_function(x[test]))
-        target = np.searchsorted(self.classes_, y)
-
-        def nll(log_t: float) -> float:
-            logp = log_softmax(scores / np.exp(log_t), axis=1)
-            return float(-logp[np.arange(len(y)), target].mean())
-
-        result = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded")
-        return float(np.exp(result.x))
+        return fit_temperature(scores, np.searchsorted(self.classes_, y))
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """(n, n_classes) probabilities, column j for label j; absent classes get zeros."""

@@ -12,6 +12,11 @@ augmentations as the uninterrupted run would have.
 A model marked `needs_data_init` (minirocket) first fits what it takes from the data (biases,
 feature scaling) on a fixed, seeded sample of training records, unless the run is resumed.
 
+A model with a `closed_form_head` (minirocket's ridge head) has nothing to train step by step:
+its run is one "epoch" in which the head is solved from the features of every training window
+(the windows evaluation cuts, not augmented; `class_weighting` weights the rows), and its
+train_loss is that head's log loss on them.
+
 `cnn_svm`: each epoch trains the extractor with its linear head, then fits the SVM stage on that
 epoch's features of (a stratified subsample of) the training records and reports the SVM's
 validation metrics, so that it is ranked by what it would deliver.
@@ -33,7 +38,7 @@ from ecg_tune.errors import ConfigError
 from ecg_tune.models.svm import SVMOptions, SVMStage, stratified_subsample
 from ecg_tune.signal.augment import BatchAugmenter, build_augmenter, fit_to_length
 from ecg_tune.training.device import pick_device
-from ecg_tune.training.evaluate import record_probabilities, window_outputs
+from ecg_tune.training.evaluate import record_probabilities, softmax, window_outputs
 from ecg_tune.training.metrics import classification_metrics
 from ecg_tune.training.network import Network, build_network
 
@@ -116,17 +121,24 @@ def fit(
     signals, lengths, scale = data.torch_views()
     labels = torch.as_tensor(data.labels)
     epochs = len(lr_schedule) if lr_schedule is not None else config.epochs
+    closed_form = network.model.closed_form_head
+    if closed_form:
+        epochs = min(epochs, 1)  # the one fit is the whole run
     for epoch in range(start_epoch, epochs):
         if lr_schedule is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_schedule[epoch]
         lr_used = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        train_loss, seen = _train_epoch(config, network, optimizer, criterion, augmenter, signals,
-                                        lengths, scale, labels, train_index, epoch, device)
+        fitted: dict[str, float] = {}
+        if closed_form:
+            train_loss, seen, fitted = _fit_closed_form_head(config, network, data, train_index, device)
+        else:
+            train_loss, seen = _train_epoch(config, network, optimizer, criterion, augmenter, signals,
+                                            lengths, scale, labels, train_index, epoch, device)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr_used,
-                   "train_samples_per_s": seen / max(train_seconds, 1e-9)}
+                   "train_samples_per_s": seen / max(train_seconds, 1e-9), **fitted}
         if network.model.uses_svm and (not svm_last_epoch_only or epoch + 1 == epochs):
             svm = _fit_svm(config, network, data, train_index, epoch, device)
         if len(val_index):
@@ -168,6 +180,25 @@ def _initialise_model(config: TrainConfig, network: Network, data: TensorData, t
         x = x * scale[rows, None]
     with torch.no_grad():
         network.model.initialise(network.inputs(x.to(device)))
+
+
+def _fit_closed_form_head(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
+                          device: torch.device) -> tuple[float, int, dict[str, float]]:
+    """Solve the head on the features of every training window; (train log loss, rows, what the
+    fit reports)."""
+    assert data.labels is not None  # training data is labelled (data.prepare)
+    features, owners = window_outputs(network, data, train_index, config.normalisation,
+                                      config.window_overlap, device, features=True)
+    window_labels = data.labels[train_index][owners]
+    n_classes = len(data.classes)
+    weights = _class_weights(config, window_labels, n_classes, torch.device("cpu"))
+    rows = torch.as_tensor(features)
+    fitted = network.model.fit_head(rows, window_labels, None if weights is None else weights[window_labels].numpy(),
+                                    config.seed)
+    with torch.no_grad():  # forward = head(features): no second pass over the windows
+        logits = network.model.head.eval()(rows.to(device)).float().cpu().numpy()
+    probabilities = softmax(logits)[np.arange(len(window_labels)), window_labels]
+    return float(np.mean(-np.log(np.clip(probabilities, 1e-12, None)))), len(window_labels), fitted
 
 
 def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.Optimizer,
