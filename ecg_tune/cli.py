@@ -44,6 +44,16 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
     return values
 
 
+def cv_value(text: str) -> int | str:
+    """--cv: "auto" or a whole number of folds."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of folds, got {text!r}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ecg_tune.pipeline import run_train, train_options
 
@@ -180,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
     search.add_argument("--metric", help="metric that ranks trials, in its own direction (val_loss: lowest wins; "
                                          "default: val_cinc_f1 with N, A, O classes, else val_macro_f1)")
+    search.add_argument("--cv", type=cv_value, default="auto", metavar="K",
+                        help="rank trials by K-fold cross-validation over the train+val records; 1: the "
+                             "split's val part; auto (default): 5 folds when the val part has fewer than "
+                             "100 records")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--address", help="attach to this Ray cluster instead of starting one")
     search.add_argument("--storage", help="experiment storage every node sees (path or URI; default: --out)")

@@ -94,10 +94,11 @@ def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: 
     log(f"data: {dataset.summary()}")
     if options.dry_run:
         from ecg_tune.search.describe import describe
+        from ecg_tune.training.folds import choose_validation
 
         log(describe(space, facts))
         cpus, gpus = _local_resources()
-        plan = make_plan(search, space, facts, cpus, gpus)
+        plan = make_plan(search, space, facts, cpus, gpus, choose_validation(dataset, search.cv, search.seed))
         where = f"the cluster at {search.address}" if search.address else "this machine"
         log(f"plan on {where} ({cpus:g} CPUs, {gpus:g} GPUs): {plan.describe()}")
         log(f"results would go to {run.path}")
@@ -110,8 +111,9 @@ def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: 
         run.write_split(dataset)
     results, plan = run_search(search, space, dataset)
     best = write_results(results, run, plan.metric, plan.max_epochs, search.seed, dataset.records.source,
-                         threads=max(1, int(plan.cpus_per_trial)))
-    log(f"best {plan.metric} {best.score:.4f} at epoch {best.epoch} (trial {best.trial_id}): "
+                         threads=max(1, int(plan.cpus_per_trial)), cv=plan.folds)
+    spread = f" (mean of {best.cv} folds, std {best.spread:.4f})" if best.spread is not None else ""
+    log(f"best {plan.metric} {best.score:.4f}{spread} at epoch {best.epoch} (trial {best.trial_id}): "
         f"{_json(best.config)}")
     log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv, experiment/")
     refit = None
@@ -167,6 +169,9 @@ def train_options(config_file: str | None, overrides: dict[str, Any], source: st
         if threads is None and best.threads:
             threads = best.threads
             log(f"using {threads} thread(s), as the trial did")
+        if best.cv > 1:
+            log(f"the search scored this config by {best.cv}-fold cross-validation; train runs the "
+                f"split's train and val parts once")
     data = DataOptions(source or "synthetic", label_column, Path(split_file) if split_file else None, seed)
     return TrainOptions(config=config, data=data, out=out, device=device, threads=threads)
 

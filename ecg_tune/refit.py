@@ -2,7 +2,9 @@
 records, exported as a model bundle, with report.json and pictures.
 
 It reuses the training loop (replaying the learning rate the best trial used at each epoch, since
-no validation data is left for ReduceLROnPlateau) and the network building of the trainable. The
+no validation data is left for ReduceLROnPlateau) and the network building of the trainable. A
+cross-validated search's trial reported the fold mean per epoch: the refit trains for the epoch
+where that mean peaked, replaying the median rate of the folds (training/folds.py). The
 training runs as a Ray task with the trials' resource rules, so it also works on a remote cluster;
 its progress lines come back through a Ray queue.
 """
@@ -156,7 +158,8 @@ def run_refit(run: RunFolder, options: RefitOptions | None = None) -> RefitResul
     best, config, dataset, lr_schedule = setup.best, setup.config, setup.dataset, setup.lr_schedule
     train_index, test_index = setup.train_index, setup.test_index
     epochs = len(lr_schedule)
-    print(f"refit: {best.trial_id}'s config for {epochs} epochs on {len(train_index)} train+val records; "
+    peak = f" (where the mean of its {best.cv} folds peaked)" if best.cv > 1 else ""
+    print(f"refit: {best.trial_id}'s config for {epochs} epochs{peak} on {len(train_index)} train+val records; "
           f"test: {len(test_index)} records", flush=True)
 
     output = train_and_predict(config, dataset, train_index, test_index, lr_schedule, options.cpus, options.gpus)

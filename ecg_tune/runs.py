@@ -23,6 +23,7 @@ import pandas as pd
 from ecg_tune.data import Dataset
 from ecg_tune.data.split import save_split
 from ecg_tune.errors import EcgTuneError
+from ecg_tune.training.metrics import SPREAD_SUFFIX
 
 TrialStatus = Literal["completed", "stopped", "errored"]
 
@@ -32,18 +33,26 @@ class BestConfig:
     """The winning trial of a search: its config, its metrics at its best epoch, where it came from."""
 
     config: dict[str, Any]  # the sampled values plus the search's epochs and seed
-    metrics: dict[str, float]  # every metric at the epoch where `metric` peaked
-    epoch: int  # that epoch
+    # every metric at the epoch where `metric` peaked; under cross-validation the fold means,
+    # with each validation metric's spread over the folds as `<metric>_std`
+    metrics: dict[str, float]
+    epoch: int  # that epoch (under cross-validation: where the fold mean peaked)
     trial_id: str
     metric: str  # the ranking metric
     data: str  # the --data source
     # Ray runs a trial with OMP_NUM_THREADS = its CPUs; float sums depend on the thread count,
     # so `ecg-tune train` uses the same count to repeat the trial bit for bit on a CPU.
     threads: int = 1
+    cv: int = 1  # cross-validation folds each trial was scored on (1: the split's val part)
 
     @property
     def score(self) -> float:
         return self.metrics[self.metric]
+
+    @property
+    def spread(self) -> float | None:
+        """The score's standard deviation over the folds (None without cross-validation)."""
+        return self.metrics.get(self.metric + SPREAD_SUFFIX) if self.cv > 1 else None
 
 
 @dataclass
@@ -173,7 +182,7 @@ def read_best_config(path: Path) -> BestConfig:
         return BestConfig(config=dict(content["config"]), metrics=dict(content["metrics"]),
                           epoch=int(content["epoch"]), trial_id=str(content["trial_id"]),
                           metric=str(content.get("metric", "val_macro_f1")), data=str(content["data"]),
-                          threads=int(content.get("threads") or 1))
+                          threads=int(content.get("threads") or 1), cv=int(content.get("cv") or 1))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EcgTuneError(f"{path}: not a search's best_config.json ({type(exc).__name__}: {exc})") from None
 

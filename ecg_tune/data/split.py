@@ -4,6 +4,10 @@ Windows are cut later, from records already assigned to a split, so no record (a
 when the source has group ids) is ever on both sides. A source's own split is kept and only its
 missing parts are carved from its train part. The split is saved as `split.csv` (record, split),
 so that every later stage (search, refit, test evaluation) uses the same test records.
+
+Cross-validation folds (`make_folds`) are dealt from the train + val records of a split and its
+seed, never saved: the same split.csv and seed give the same folds to a search, its resume and
+its refit, and split.csv keeps its three parts.
 """
 
 from __future__ import annotations
@@ -58,21 +62,72 @@ def require_labels(records: Records) -> None:
         raise DataError(f"{where}: all records have one class ({some_of(present)}); training needs at least two")
 
 
-def _carve(records: Records, split: np.ndarray, fractions: dict[str, float], seed: int) -> None:
-    """Move units (patients, or records) from train into the missing parts, class by class."""
-    assert records.labels is not None  # only called by make_split, after require_labels
+def make_folds(records: Records, split: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """The fold (0..k-1) of every train or val record, -1 for the others (test, unused).
+
+    Deals units (patients when the source has group ids, else records) class by class, a
+    patient counting for the class most of their records have, each to the fold with the fewest
+    records of that class so far (then the fewest records): every fold's validation part holds
+    every class, and a patient is never on both sides of a fold.
+    """
+    where = records.source or "data"
+    if k < 2:
+        raise DataError(f"--cv {k}: cross-validation needs at least 2 folds")
+    members, by_class = _units(records, np.isin(split, ("train", "val")))
+    most, rarest = _most_folds(records, by_class)
+    if k > most:
+        kind = "patients" if records.groups is not None else "records"
+        raise DataError(f"--cv {k}: {where} has {most} train+val {kind} of class {rarest}; "
+                        f"at most {most} folds are possible")
+    rng = np.random.default_rng([seed, _FOLD_STREAM])
+    fold = np.full(len(records), -1, dtype=np.int64)
+    sizes = np.zeros(k, dtype=np.int64)
+    for label in sorted(by_class):
+        units = sorted(by_class[label])
+        rng.shuffle(units)
+        units.sort(key=lambda unit: -len(members[unit]))  # large patients first; ties stay shuffled
+        of_class = np.zeros(k, dtype=np.int64)
+        for unit in units:
+            target = min(range(k), key=lambda f: (of_class[f], sizes[f], f))
+            fold[members[unit]] = target
+            of_class[target] += len(members[unit])
+            sizes[target] += len(members[unit])
+    return fold
+
+
+def most_folds(records: Records, split: np.ndarray) -> tuple[int, str]:
+    """How many folds the train + val records allow (the rarest class's units) and that class."""
+    return _most_folds(records, _units(records, np.isin(split, ("train", "val")))[1])
+
+
+def _most_folds(records: Records, by_class: dict[int, list[str]]) -> tuple[int, str]:
+    rarest = min(by_class, key=lambda label: (len(by_class[label]), label))
+    return len(by_class[rarest]), records.classes[rarest]
+
+
+# The folds' random stream, apart from the split's (which uses the seed itself).
+_FOLD_STREAM = 0xF01D
+
+
+def _units(records: Records, chosen: np.ndarray) -> tuple[dict[str, list[int]], dict[int, list[str]]]:
+    """The units (patients, or records) among the `chosen` records: their members, and the units
+    of each class (a patient counts for the class most of their records have)."""
+    assert records.labels is not None  # callers split labelled records only
     labels = records.labels
-    rng = np.random.default_rng(seed)
     units = records.groups if records.groups is not None else records.record_ids
     members: dict[str, list[int]] = defaultdict(list)
-    for index, unit in enumerate(units):
-        if split[index] == "train":
-            members[unit].append(index)
+    for index in np.flatnonzero(chosen):
+        members[units[index]].append(int(index))
     by_class: dict[int, list[str]] = defaultdict(list)
     for unit, indices in members.items():
-        # A patient counts for the class most of their records have.
-        label = Counter(int(labels[i]) for i in indices).most_common(1)[0][0]
-        by_class[label].append(unit)
+        by_class[Counter(int(labels[i]) for i in indices).most_common(1)[0][0]].append(unit)
+    return members, by_class
+
+
+def _carve(records: Records, split: np.ndarray, fractions: dict[str, float], seed: int) -> None:
+    """Move units (patients, or records) from train into the missing parts, class by class."""
+    rng = np.random.default_rng(seed)
+    members, by_class = _units(records, split == "train")
     rare = []
     for label in sorted(by_class):
         class_units = sorted(by_class[label])

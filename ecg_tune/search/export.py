@@ -2,7 +2,9 @@
 
 A trial's score is its best epoch for the ranking metric, in the metric's own direction (ASHA
 may stop it later, and a model is delivered from its best epoch), so the best config records the
-epoch where the winner peaked. The files are written by ecg_tune/runs.py.
+epoch where the winner peaked. Under cross-validation the metrics are fold means and their
+spreads (`<metric>_std`) come along: a spread's "best" is its value at the epoch where its
+metric was best. The files are written by ecg_tune/runs.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pandas as pd
 from ecg_tune.errors import EcgTuneError
 from ecg_tune.runs import BestConfig, RunFolder, TrialRecord, TrialStatus
 from ecg_tune.search.trainable import sampled_values, trial_config
-from ecg_tune.training.metrics import best_index, best_value, is_metric
+from ecg_tune.training.metrics import best_index, best_value, is_metric, spread_of
 
 
 def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecord]:
@@ -36,11 +38,15 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
                              config=sampled_values(result.config or {}))
         if epochs:
             numeric = [c for c in history.columns
-                       if is_metric(c) and pd.api.types.is_numeric_dtype(history[c])]
+                       if (is_metric(c) or spread_of(c)) and pd.api.types.is_numeric_dtype(history[c])]
             last = history.iloc[-1]
             for column in numeric:
                 record.final[column] = float(last[column])
-                record.best[column] = best_value(column, history[column])
+                of = spread_of(column)
+                if of is None:
+                    record.best[column] = best_value(column, history[column])
+                elif of in history.columns and history[of].notna().any():
+                    record.best[column] = float(history[column].iloc[best_index(of, history[of].to_numpy(float))])
             if metric in history.columns and history[metric].notna().any():
                 peak = history.iloc[best_index(metric, history[metric].to_numpy(float))]
                 record.best_epoch = int(peak["training_iteration"])
@@ -58,13 +64,14 @@ def pick_best(records: list[TrialRecord], metric: str, where: Path) -> TrialReco
 
 
 def write_results(results: Any, run: RunFolder, metric: str, max_epochs: int, seed: int, data: str,
-                  threads: int = 1) -> BestConfig:
-    """trials.csv/.parquet and best_config.json of a finished search; returns the best config."""
+                  threads: int = 1, cv: int = 1) -> BestConfig:
+    """trials.csv/.parquet and best_config.json of a finished search; returns the best config.
+    `cv`: the folds each trial was scored on (1: the split's val part)."""
     records = trial_records(results, metric, max_epochs)
     run.write_trials(records)
     winner = pick_best(records, metric, run.path)
     best = BestConfig(config=trial_config(winner.config, max_epochs, seed), metrics=winner.peak_metrics,
                       epoch=int(winner.best_epoch or 0), trial_id=winner.trial_id, metric=metric, data=data,
-                      threads=threads)
+                      threads=threads, cv=cv)
     run.write_best(best)
     return best

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
@@ -26,6 +26,7 @@ from ecg_tune.search.adapt import DataFacts
 from ecg_tune.search.samplers import define_by_run, grid
 from ecg_tune.search.space import GracePeriod, MaxEpochs, NumSamples, ReductionFactor, SearchSpace, TimeBudget
 from ecg_tune.search.trainable import GRID_KEY
+from ecg_tune.training.folds import CvOption, Validation, choose_validation
 from ecg_tune.training.metrics import Direction, direction, ranking_metric, validation_metrics
 
 # A trial that raises is retried from its checkpoint this many times before it counts as errored.
@@ -49,6 +50,9 @@ class SearchOptions(BaseModel):
     searcher: Literal["optuna", "random"] = "optuna"
     scheduler: Literal["asha", "fifo"] = "asha"
     metric: str | None = None  # None: val_cinc_f1 with the CinC classes, else val_macro_f1
+    # K-fold cross-validation ranks trials (1: the split's val part; auto: K folds below a val
+    # size, see training/folds.py)
+    cv: CvOption = "auto"
     seed: int = 0
     address: str | None = None
     storage: str | None = None
@@ -60,6 +64,13 @@ class SearchOptions(BaseModel):
     reuse_actors: bool = True
     dashboard: bool = False
     resume: bool = False
+
+    @field_validator("cv")
+    @classmethod
+    def _folds(cls, value: CvOption) -> CvOption:
+        if value != "auto" and value < 1:
+            raise ValueError(f"must be at least 1 (1: the split's val part, K >= 2: K folds), got {value}")
+        return value
 
 
 @dataclass
@@ -79,14 +90,17 @@ class Plan:
     scheduler: str
     time_budget: float | None = None
     startup_trials: int = 10  # TPE's random start-up trials (start points count among them)
+    folds: int = 1  # cross-validation folds per trial (1: the split's val part)
+    validation: str = ""  # how trials are validated, in words
 
     def describe(self) -> str:
         gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ", no GPU"
         schedule = (f"ASHA (max_t {self.max_epochs}, grace {self.grace_period}, reduction {self.reduction_factor:g})"
                     if self.scheduler == "asha" else f"FIFO ({self.max_epochs} epochs each)")
         best = "lowest" if self.mode == "min" else "highest"
+        validation = f"; validation: {self.validation}" if self.validation else ""
         return (f"{self.limits()}; by {self.searcher}, {schedule}, ranked by {self.metric} ({best} wins); "
-                f"each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once")
+                f"each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once{validation}")
 
     def limits(self) -> str:
         """Which limits end the search."""
@@ -98,8 +112,9 @@ class Plan:
 
 
 def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, cluster_cpus: float,
-              cluster_gpus: float) -> Plan:
-    """Resources and schedule from the options, the space's settings and the cluster's size."""
+              cluster_gpus: float, validation: Validation | None = None) -> Plan:
+    """Resources and schedule from the options, the space's settings and the cluster's size;
+    `validation` (training/folds.choose_validation) is described in the plan."""
     settings = space.search
     metric = options.metric or ranking_metric(facts.classes)
     if metric not in validation_metrics(facts.classes):
@@ -143,6 +158,8 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
         scheduler="fifo" if space.is_grid else options.scheduler,
         time_budget=time_budget,
         startup_trials=settings.startup_trials or _startup_trials(num_samples),
+        folds=validation.k if validation else 1,
+        validation=validation.description if validation else "",
     )
 
 
@@ -189,13 +206,13 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset) -> 
     facts = DataFacts.from_dataset(dataset)
     start_ray(options)
     resources = ray.cluster_resources()
-    plan = make_plan(options, space, facts, resources.get("CPU", 1.0), resources.get("GPU", 0.0))
+    validation = choose_validation(dataset, options.cv, options.seed)
+    plan = make_plan(options, space, facts, resources.get("CPU", 1.0), resources.get("GPU", 0.0), validation)
     print(f"search: {plan.describe()}", flush=True)
     print(f"results: {out}", flush=True)
 
     trainable = tune.with_parameters(
-        train_trial, data=dataset.tensors, train_index=dataset.index("train"),
-        val_index=dataset.index("val"), max_epochs=plan.max_epochs, seed=options.seed)
+        train_trial, data=dataset.tensors, folds=validation.folds, max_epochs=plan.max_epochs, seed=options.seed)
     trainable = tune.with_resources(trainable, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
 
     storage = options.storage or str(out)

@@ -60,8 +60,23 @@ def _base(metric: str) -> str:
     return metric
 
 
+# A cross-validated trial also reports each validation metric's spread over its folds as
+# `<metric>_std` (training/folds.py): a figure to read beside the mean, never one to rank by.
+SPREAD_SUFFIX = "_std"
+
+
+def spread_of(key: str) -> str | None:
+    """The metric whose spread over folds `key` is (`val_loss_std` -> `val_loss`), else None."""
+    if key.endswith(SPREAD_SUFFIX) and is_metric(key[:-len(SPREAD_SUFFIX)]):
+        return key[:-len(SPREAD_SUFFIX)]
+    return None
+
+
 def direction(metric: str) -> Direction:
-    """"max" if a higher `metric` is better, "min" if lower (losses). Unknown names: ValueError."""
+    """"max" if a higher `metric` is better, "min" if lower (losses). Unknown names and spreads
+    (`<metric>_std`, which have no better way): ValueError."""
+    if spread_of(metric) is not None:
+        raise ValueError(f"{metric!r} is a spread over folds, not a ranked metric")
     base = _base(metric)
     if base.startswith("f1_"):
         return "max"

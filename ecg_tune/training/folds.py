@@ -1,0 +1,168 @@
+"""Cross-validated trials: which records validate a search's trials, and K fits in lockstep.
+
+A validation part of 15 records cannot rank 40 trials: one record is 7 points of accuracy, so
+the winner is mostly the luckiest. Below `AUTO_BELOW` validation records a search therefore
+validates each trial by record-level K-fold cross-validation over the train + val records
+(`--cv auto`, the default: `AUTO_FOLDS` folds, or as many as the rarest class allows); `--cv K`
+asks for K folds, `--cv 1` for the split's val part alone. The folds are dealt by
+data/split.make_folds from the saved split and the seed, so a resume and the refit see the same.
+
+`fit_folds` runs the one training loop (training/loop.fit) once per fold and advances the K runs
+together, epoch by epoch, yielding what a single run yields under the same keys, so that the
+ranking metric, ASHA, the progress and the exports need no change:
+
+* every numeric validation metric (`val_*`): the mean over the folds, its spread (the
+  population standard deviation of the K values, as `numpy.std` gives) as `<key>_std`;
+* `val_confusion`: summed over the folds (every train + val record predicted once);
+* `lr`: the median over the folds of the rate each used. With a plateau scheduler each fold
+  lowers its rate on its own validation loss; the refit, which has no validation data, replays
+  this per-epoch median: a rate most folds were at, and non-increasing as each fold's is;
+* `epoch_seconds`: the sum (the wall time the trial spent on the epoch); other numbers: the mean.
+
+Early stopping (`early_stop_patience`) is decided on the fold mean of `val_loss`, so that all
+folds stop at the same epoch and every reported mean is over all K folds. Every fold uses the
+input length the refit will (the config's, else the median over all train + val records), so
+that the K models and the refit are the same network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ecg_tune.config import TrainConfig
+from ecg_tune.data import Dataset
+from ecg_tune.data.split import make_folds, most_folds
+from ecg_tune.data.tensors import TensorData
+from ecg_tune.training.device import pick_device
+from ecg_tune.training.loop import EpochResult, fit, resolve_input_length
+from ecg_tune.training.metrics import SPREAD_SUFFIX
+
+# Below this many validation records the split's val part ranks trials by noise: at 100 records
+# a two-class accuracy has a standard error of about 5 points (sqrt(0.5 * 0.5 / 100)), the size
+# of the gaps between a search's leading trials; at 15 (ECG200) it is 13 points. K-fold
+# cross-validation ranks on all train + val records instead, at K times a trial's cost, which is
+# cheap exactly when the data is this small.
+AUTO_BELOW = 100
+AUTO_FOLDS = 5
+
+CvOption = int | Literal["auto"]  # --cv: K folds (1: the split's val part) or automatic
+Fold = tuple[np.ndarray, np.ndarray]  # (train index, val index)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How a search validates its trials: one (train, val) pair per fold; a single pair is the
+    split's own train and val parts."""
+
+    folds: tuple[Fold, ...]
+    description: str  # for the plan line, e.g. "5-fold cross-validation over 100 ..."
+
+    @property
+    def k(self) -> int:
+        """The number of folds; 1: no cross-validation."""
+        return len(self.folds)
+
+
+def choose_validation(dataset: Dataset, cv: CvOption, seed: int) -> Validation:
+    """The validation of a search on `dataset` for `--cv` (see the module docstring)."""
+    split = dataset.split
+    n_val = int((split == "val").sum())
+    reason = ""
+    if cv != "auto":
+        k = cv
+    else:
+        most, rarest = most_folds(dataset.records, split)
+        if n_val >= AUTO_BELOW:
+            k, reason = 1, f"; cross-validation is automatic below {AUTO_BELOW}"
+        elif most < 2:
+            k, reason = 1, f"; too few of class {rarest} for cross-validation"
+        else:
+            k = min(AUTO_FOLDS, most)
+            reason = f"; automatic: the val part has {n_val} < {AUTO_BELOW} records"
+            if k < AUTO_FOLDS:
+                reason += f"; {k} folds as class {rarest} has {most}"
+    if k == 1:
+        single = (dataset.index("train"), dataset.index("val"))
+        return Validation((single,), f"the split's val part ({n_val} records{reason or '; --cv 1'})")
+    fold = make_folds(dataset.records, split, k, seed)
+    folds = tuple((np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)) for f in range(k))
+    sizes = sorted(len(val) for _, val in folds)
+    per = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
+    return Validation(folds, f"{k}-fold cross-validation over {int((fold >= 0).sum())} train+val records "
+                             f"({per} per fold{reason}); a trial trains {k} models in lockstep and reports "
+                             f"their mean")
+
+
+@dataclass
+class FoldsEpoch:
+    """One epoch of every fold: the combined metrics, each fold's own result, a resumable state."""
+
+    epoch: int
+    metrics: dict[str, Any]
+    folds: list[EpochResult]
+    _state: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def state(self) -> dict[str, Any]:
+        """Every fold's state, and the fold-mean early stopping's (pass back as `resume`)."""
+        return self._state
+
+
+def fit_folds(config: TrainConfig, data: TensorData, folds: Sequence[Fold], *,
+              device: torch.device | str | None = None, resume: dict[str, Any] | None = None
+              ) -> Iterator[FoldsEpoch]:
+    """Train `config` on every fold in lockstep; one `FoldsEpoch` per epoch. A single fold is
+    the plain loop, its metrics passed on unchanged."""
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    states = list(resume["folds"]) if resume else [None] * len(folds)
+    if len(folds) == 1:
+        train, val = folds[0]
+        for result in fit(config, data, train, val, device=device, resume=states[0]):
+            yield FoldsEpoch(result.epoch, result.metrics, [result], {"folds": [result.state()]})
+        return
+    patience = config.early_stop_patience
+    every = np.unique(np.concatenate([np.concatenate(fold) for fold in folds]))
+    # Early stopping moves here (on the mean); the input length is the refit's (module docstring).
+    config = config.with_updates(input_length=resolve_input_length(config, data, every), early_stop_patience=0)
+    runs = [fit(config, data, train, val, device=device, resume=state)
+            for (train, val), state in zip(folds, states, strict=True)]
+    best_loss = float(resume["best_loss"]) if resume else float("inf")
+    stale = int(resume["stale"]) if resume else 0
+    for results in zip(*runs, strict=True):  # each fold one epoch further, in turn
+        metrics = combine([r.metrics for r in results])
+        if "val_loss" in metrics:
+            if metrics["val_loss"] < best_loss - 1e-6:
+                best_loss, stale = metrics["val_loss"], 0
+            else:
+                stale += 1
+        state = {"folds": [r.state() for r in results], "best_loss": best_loss, "stale": stale}
+        yield FoldsEpoch(results[0].epoch, metrics, list(results), state)
+        if patience and stale >= patience:
+            return
+
+
+def combine(per_fold: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One epoch's metrics of every fold as one report (the rules: module docstring)."""
+    combined: dict[str, Any] = {}
+    for key, first in per_fold[0].items():
+        values = [m[key] for m in per_fold]
+        if key == "epoch":
+            combined[key] = first
+        elif isinstance(first, list):  # confusion matrix
+            combined[key] = np.sum(np.asarray(values), axis=0).tolist()
+        elif not isinstance(first, Real):
+            continue
+        elif key == "lr":
+            combined[key] = float(np.median(values))
+        elif key == "epoch_seconds":
+            combined[key] = float(np.sum(values))
+        else:
+            combined[key] = float(np.mean(values))
+            if key.startswith("val_"):
+                combined[key + SPREAD_SUFFIX] = float(np.std(values))
+    return combined
