@@ -3,13 +3,20 @@
 Measured in one run, on the same records, each figure the best of `rounds` interleaved rounds
 (the machines here are shared; the best round is the least disturbed one):
 - data path samples/s per transform with the `all` policy: the seed's per-sample pipeline
-  (pandas row, numpy augment, pywt per record) against the batched one (fetch by index, augment
-  and transform on tensors);
+  (pandas row, numpy augment, pywt per record) against the batched one (rows read by index in
+  place, augment and transform on tensors);
 - training throughput of SimpleCNN with `wavelet db2 level 6` + `all`: the seed's pipeline
   feeding the same network, this project's epoch (the training loop's own figure), and the limit:
   the same network trained on precomputed tensors of the transform's output shape, so that the
   data path costs nothing;
-- where a step of the batched pipeline spends its time (fetch, augment, transform, forward/backward);
+- where a step of the batched pipeline spends its time (batch rows, draws, augment, transform,
+  forward/backward), the augmentation reading the batch's rows in place as the loop does.
+
+The training figures run with torch's threads set to `threads` (1, what a trial of one CPU
+gets; restored afterwards): with two threads on a machine whose other core is busy, a tiny
+model's step slowed ~12x (the threads wait on each other), which made the limit and the epoch
+measure the neighbours rather than the code. The limit's model and optimiser are built before
+its clock starts, as the loop's are before the epoch's.
 - the DWT alone (`run_dwt_benchmark`): this project's `WaveletTransform` against ptwt.wavedec
   (the PyTorch wavelet toolbox, optional: skipped with a one-line note when it is not installed)
   and pywt.wavedec, on one (batch, input_length) float32 batch, no_grad, per wavelet, level and
@@ -60,7 +67,21 @@ DWT_CASES = (
 def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 3,
                            input_length: int = 9000, batch_size: int = 32,
                            log: Callable[[str], None] = print, *,
-                           dwt_cases: tuple[tuple[str, int, str], ...] | None = DWT_CASES) -> dict:
+                           dwt_cases: tuple[tuple[str, int, str], ...] | None = DWT_CASES,
+                           threads: int | None = 1) -> dict:
+    """Every measurement above; `threads`: torch's CPU threads meanwhile (None: as they are)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_pipeline_benchmark(dataset, records, rounds, input_length, batch_size, log, dwt_cases)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_pipeline_benchmark(dataset: Dataset, records: int, rounds: int, input_length: int, batch_size: int,
+                            log: Callable[[str], None],
+                            dwt_cases: tuple[tuple[str, int, str], ...] | None) -> dict:
     tensors = dataset.tensors
     assert tensors.labels is not None  # a prepared dataset is labelled
     train = dataset.index("train")[:records]
@@ -71,7 +92,7 @@ def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 
     signals, lengths, _ = tensors.torch_views()
     result: dict = {
         "data": {"source": dataset.records.source, "records": records, "input_length": input_length,
-                 "batch_size": batch_size, "rounds": rounds},
+                 "batch_size": batch_size, "rounds": rounds, "torch_threads": torch.get_num_threads()},
         "data_path": {}, "training": {}, "breakdown_us_per_sample": {},
     }
 
@@ -111,8 +132,7 @@ def run_pipeline_benchmark(dataset: Dataset, records: int = 1024, rounds: int = 
     _limit_epoch(config, input_length, n_classes, precomputed[: len(warm)], labels[: len(warm)], batch_size)
     list(fit(config, tensors, warm, None, device="cpu"))
     for round_number in range(rounds):
-        limit.append(_rate(records, lambda: _limit_epoch(config, input_length, n_classes, precomputed,
-                                                         labels, batch_size)))
+        limit.append(_limit_epoch(config, input_length, n_classes, precomputed, labels, batch_size))
         (epoch,) = fit(config.with_updates(seed=round_number), tensors, train, None, device="cpu")
         ours.append(epoch.metrics["train_samples_per_s"])
         seed_training.append(_rate(records, lambda: _seed_epoch(config, input_length, n_classes, frame,
@@ -274,21 +294,29 @@ def _drain(batches: Iterable[object]) -> None:
 
 @torch.no_grad()
 def _batched_batches(network, augmenter, signals, lengths, train, batch_size):
+    # As the training loop draws them: rows read in place into one reused buffer.
     generator = torch.Generator().manual_seed(0)
+    buffer = torch.empty(batch_size, augmenter.input_length)
     for begin in range(0, len(train), batch_size):
         rows = torch.as_tensor(train[begin:begin + batch_size])
-        yield network.transform(augmenter(signals.index_select(0, rows), lengths[rows], generator))
+        x = augmenter(signals, lengths[rows], generator, out=buffer[:len(rows)], rows=rows)
+        yield network.transform(x)
 
 
 def _limit_epoch(config: TrainConfig, input_length: int, n_classes: int, precomputed: torch.Tensor,
-                 labels: torch.Tensor, batch_size: int) -> None:
+                 labels: torch.Tensor, batch_size: int) -> float:
+    """Samples/s of one epoch of steps on precomputed inputs; the clock runs over the steps only
+    (the loop's `train_samples_per_s` also excludes building the model and optimiser)."""
     torch.manual_seed(0)
     model = build_network(config, input_length, n_classes).model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     criterion = nn.CrossEntropyLoss()
+    model.train()
+    started = time.perf_counter()
     for begin in range(0, len(precomputed), batch_size):
         train_step(model, optimizer, criterion, precomputed[begin:begin + batch_size],
                    labels[begin:begin + batch_size])
+    return len(precomputed) / (time.perf_counter() - started)
 
 
 def _seed_epoch(config: TrainConfig, input_length: int, n_classes: int, frame: pd.DataFrame,
@@ -309,22 +337,29 @@ def _breakdown(config: TrainConfig, input_length: int, n_classes: int, signals: 
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
-    best = {"fetch": np.inf, "augment": np.inf, "transform": np.inf, "forward_backward": np.inf}
+    buffer = torch.empty(batch_size, input_length)
+    network.train()
+    # The loop's batch, split: the batch's lengths and labels by row, the draws (host), the
+    # augmentation reading the rows in place, the transform, the step.
+    best = {"rows": np.inf, "draws": np.inf, "augment": np.inf, "transform": np.inf,
+            "forward_backward": np.inf}
     for _ in range(rounds):
         spent = dict.fromkeys(best, 0.0)
         for begin in range(0, len(train), batch_size):
-            rows = torch.as_tensor(train[begin:begin + batch_size])
             t0 = time.perf_counter()
-            x = signals.index_select(0, rows)
+            rows = torch.as_tensor(train[begin:begin + batch_size])
+            batch_lengths, y = lengths[rows], labels[begin:begin + batch_size]
             t1 = time.perf_counter()
-            x = augmenter(x, lengths[rows], generator)
+            draws = augmenter.sample(batch_lengths, generator)
             t2 = time.perf_counter()
+            x = augmenter.apply(signals, batch_lengths, draws, out=buffer[:len(rows)], rows=rows)
+            t3 = time.perf_counter()
             with torch.no_grad():
                 x = network.transform(x)
-            t3 = time.perf_counter()
-            train_step(network.model, optimizer, criterion, x, labels[begin:begin + batch_size])
             t4 = time.perf_counter()
-            for key, seconds in zip(best, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=False):
+            train_step(network.model, optimizer, criterion, x, y)
+            t5 = time.perf_counter()
+            for key, seconds in zip(best, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 spent[key] += seconds
         for key in best:
             best[key] = min(best[key], spent[key] / len(train) * 1e6)
@@ -371,6 +406,7 @@ def table(result: dict) -> str:
               f"| seed pipeline | {t['seed_samples_per_s']:.0f} | {t['seed_fraction_of_limit']:.0%} |",
               "", "| step part | us/sample |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in result["breakdown_us_per_sample"].items()]
+    lines.append(f"| (the limit's whole step) | {1e6 / t['limit_samples_per_s']:.0f} |")
     if result.get("dwt_alone"):
         lines += ["", dwt_table(result["dwt_alone"])]
     return "\n".join(lines)

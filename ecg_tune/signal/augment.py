@@ -31,6 +31,13 @@ from a doubled ramp, not arithmetic on every element. Noise is a strided view in
 N(0, 1) generated once per device (a fresh `randn` of the batch measured ~50 us per sample).
 Per-row quantities (B numbers) are computed on the host from one draw of the caller's
 generator: as a few dozen tiny tensor ops they cost ~0.2 ms per batch on CPU.
+The training loop passes the whole training matrix with the batch's `rows`: the gathers read
+the records where they are (copying whole rows out first, as wide as the longest record,
+measured 8 of the data path's ~55 us per sample on CinC 2017), the left neighbours land in
+the output and the scratch (positions, indices, right neighbours) is reused between batches.
+Every record keeps its own warp factor: shared or quantised factors per batch would make
+(B x N) gathers no fewer (c_b also depends on each record's length) and would change the
+documented distribution (tests/test_augment.py tests it).
 """
 
 from __future__ import annotations
