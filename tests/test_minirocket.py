@@ -328,7 +328,7 @@ def test_trains_through_the_loop(dataset, transform: dict):
 
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_the_ridge_head_is_one_closed_form_fit(dataset, transform: dict):
-    config = loop_config(epochs=5, class_weighting="balanced", **transform)
+    config = loop_config(epochs=5, class_weighting="balanced", rocket_head="ridge", **transform)
     results = list(fit(config, dataset.tensors, dataset.index("train"), dataset.index("val"), device="cpu"))
     assert [r.epoch for r in results] == [1]  # nothing left to learn after the fit
     metrics = results[0].metrics

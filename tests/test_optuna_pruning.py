@@ -73,6 +73,33 @@ def test_stopped_trials_are_pruned_and_finished_ones_complete_with_their_best(mo
     assert "lr" in s.suggest("next")
 
 
+def test_a_trial_that_ends_itself_early_is_complete_not_pruned() -> None:
+    """Early stopping and minirocket's one closed-form fit end a trial before max_epochs by
+    itself; the loop marks that last epoch `finished`, and Optuna is told COMPLETE."""
+    s = searcher("max")
+    s.suggest("early")
+    s.on_trial_result("early", epoch(1, 0.4))
+    s.on_trial_complete("early", result={**epoch(2, 0.7), "finished": True})
+    trial = by_tune_id(s._ot_study)["early"]
+    assert trial.state == State.COMPLETE and trial.value == 0.7
+
+
+def test_the_loop_marks_the_epoch_a_run_ends_on() -> None:
+    from ecg_tune.config import make_config
+    from ecg_tune.data import prepare
+    from ecg_tune.training.loop import fit
+
+    data = prepare("synthetic:40", progress=False)
+    args = (data.tensors, data.index("train"), data.index("val"))
+    plain = [r.metrics["finished"] for r in fit(make_config({"epochs": 3, "input_length": 300}), *args)]
+    assert plain == [False, False, True]
+    # Early stopping with patience 1 ends at the first epoch whose val_loss does not improve.
+    early = [r.metrics for r in fit(make_config({"epochs": 30, "input_length": 300, "lr": 0.05,
+                                                  "early_stop_patience": 1}), *args)]
+    assert [m["finished"] for m in early] == [False] * (len(early) - 1) + [True]
+    assert len(early) < 30
+
+
 def test_a_repeated_epoch_keeps_its_first_value_and_late_results_are_ignored() -> None:
     s = searcher("max")
     s.suggest("t")

@@ -48,14 +48,15 @@ epoch on a fixed, seeded sample of training records (`needs_data_init`). All of 
 kernels, dilations and channel masks, is in persistent buffers, so a saved state dict (the
 checkpoint, the bundle) restores the model exactly. The head is an ordinary `nn.Linear` on the
 standardised features, fitted one of two ways (`rocket_head`):
-- "ridge" (the default): solved in closed form, as MiniRocket's authors do, by ridge
-  classification with its penalty chosen by leave-one-out (ecg_tune/models/ridge.py), on the
-  features of every training window; the run is that one fit (one "epoch", no augmentation,
-  no learning rate). Measured on ECG200 (5 seeds, `python -m ecg_tune.benchmarks.rocket
-  ecg200`): test accuracy 0.920 with the ridge head against 0.888 +- 0.013 with the
-  gradient-trained head after 40 epochs, so ridge is the default and the one `full` searches.
-- "gradient": zero-initialised (multinomial logistic regression) and trained by the loop like
-  any head, with the run's augmentation and optimiser.
+- "ridge": solved in closed form, as MiniRocket's authors do, by ridge classification with
+  its penalty chosen by leave-one-out (ecg_tune/models/ridge.py), on the features of every
+  training window; the run is that one fit (one "epoch", no augmentation, no learning rate).
+  Measured on ECG200 (5 seeds, `python -m ecg_tune.benchmarks.rocket ecg200`): test accuracy
+  0.920 with the ridge head against 0.888 +- 0.013 with the gradient-trained head after 40
+  epochs, so ridge is the head the shipped `full` space searches.
+- "gradient" (the model's default, so that `train --set model=minirocket --epochs N` trains
+  N epochs like every model): zero-initialised (multinomial logistic regression) and trained
+  by the loop like any head, with the run's augmentation and optimiser.
 
 Cost: the outputs are computed per dilation as one matrix product of the 84 (channel-masked)
 kernels with the 9 dilated shifts of the series, and PPV as a comparison against each bias
@@ -106,7 +107,7 @@ class RocketOptions(PartOptions):
     rocket_max_dilations: int = Field(32, ge=1)  # dilations per kernel, at most
     rocket_pooling: Literal["ppv", "multi"] = "ppv"  # PPV only, or MultiRocket's four operators
     rocket_difference: bool = False  # also the first-difference series (MultiRocket)
-    rocket_head: Literal["ridge", "gradient"] = "ridge"  # closed-form ridge, or trained by the loop
+    rocket_head: Literal["ridge", "gradient"] = "gradient"  # trained by the loop, or closed-form ridge
 
 
 def kernel_weights() -> Tensor:
@@ -184,7 +185,7 @@ class MiniRocket(EcgModel):
     def __init__(self, in_channels: int, input_length: int, n_classes: int, *,
                  rocket_features: int = 10_000, rocket_max_dilations: int = 32,
                  rocket_pooling: str = "ppv", rocket_difference: bool = False,
-                 rocket_head: str = "ridge") -> None:
+                 rocket_head: str = "gradient") -> None:
         super().__init__(in_channels, input_length, n_classes)
         if input_length < MIN_LENGTH:
             raise ConfigError(f"{type(self).__name__} needs inputs of at least {MIN_LENGTH} samples, "

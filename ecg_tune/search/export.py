@@ -17,7 +17,7 @@ import pandas as pd
 from ecg_tune.errors import EcgTuneError
 from ecg_tune.runs import BestConfig, RunFolder, TrialRecord, TrialStatus
 from ecg_tune.search.trainable import sampled_values, trial_config
-from ecg_tune.training.metrics import best_index, best_value, is_metric, spread_of
+from ecg_tune.training.metrics import best_index, best_value, finished, is_metric, spread_of
 
 
 def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecord]:
@@ -30,7 +30,7 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
         status: TrialStatus
         if result.error is not None:
             status = "errored"
-        elif epochs >= max_epochs:
+        elif epochs >= max_epochs or finished(result.metrics):  # ran out its epochs, or ended by itself
             status = "completed"
         else:
             status = "stopped"

@@ -8,11 +8,14 @@ trial ends on never reaches Optuna as an intermediate value.
 
 Here every epoch's metric is reported as an intermediate value (step = training_iteration,
 the stopping epoch included), and on completion a trial is told:
-- PRUNED when it reported fewer than `max_epochs` iterations (Optuna keeps its last
-  intermediate value as its value; TPE ranks pruned trials after the complete ones, deeper
-  steps first, then by that value);
-- COMPLETE with its best epoch's value in the searcher's mode when it ran all `max_epochs`,
-  the way search/export.py ranks trials (FAIL if it has no finite value);
+- PRUNED when the scheduler stopped it: it reported fewer than `max_epochs` iterations and
+  its last result does not say `finished` (Optuna keeps its last intermediate value as its
+  value; TPE ranks pruned trials after the complete ones, deeper steps first, then by that
+  value);
+- COMPLETE with its best epoch's value in the searcher's mode when it ran all `max_epochs` or
+  ended by itself before (early stopping, minirocket's one closed-form fit: the loop marks
+  that epoch `finished`), the way search/export.py ranks trials (FAIL if it has no finite
+  value);
 - FAIL when it errored.
 The Tune trial id is stored as the Optuna trial's user attribute `tune_trial_id`. Single
 objective only; with a list of metrics the base class's behaviour is kept. The state lives in
@@ -27,6 +30,8 @@ from typing import Any, cast
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
+
+from ecg_tune.training.metrics import finished
 
 TRAINING_ITERATION = "training_iteration"
 TUNE_TRIAL_ID = "tune_trial_id"
@@ -66,7 +71,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         value: float | None = None
         if error:
             state = optuna.trial.TrialState.FAIL
-        elif history and max(history) >= self._max_epochs:
+        elif history and (max(history) >= self._max_epochs or finished(result)):
             if finite:
                 state, value = optuna.trial.TrialState.COMPLETE, (max if self.mode == "max" else min)(finite)
             else:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from ecg_tune.search.trainable import sampled_values
-from ecg_tune.training.metrics import best_index, better, direction
+from ecg_tune.training.metrics import best_index, better, direction, finished
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -59,7 +59,8 @@ class SearchProgress(Callback):
                     f"{self.metric} {shown}{lead}")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._row(trial)["status"] = "done" if self._row(trial)["epoch"] >= self.max_epochs else "stopped"
+        row = self._row(trial)
+        row["status"] = "done" if row["epoch"] >= self.max_epochs or finished(trial.last_result) else "stopped"
         self._table()
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

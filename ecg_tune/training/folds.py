@@ -41,7 +41,7 @@ from ecg_tune.data.split import make_folds, most_folds
 from ecg_tune.data.tensors import TensorData
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.loop import EpochResult, fit, resolve_input_length
-from ecg_tune.training.metrics import SPREAD_SUFFIX
+from ecg_tune.training.metrics import FINISHED, SPREAD_SUFFIX, finished
 
 # Below this many validation records the split's val part ranks trials by noise: at 100 records
 # a two-class accuracy has a standard error of about 5 points (sqrt(0.5 * 0.5 / 100)), the size
@@ -141,8 +141,10 @@ def fit_folds(config: TrainConfig, data: TensorData, folds: Sequence[Fold], *,
             else:
                 stale += 1
         state = {"folds": [r.state() for r in results], "best_loss": best_loss, "stale": stale}
+        stop_early = bool(patience) and stale >= patience
+        metrics[FINISHED] = all(finished(r.metrics) for r in results) or stop_early
         yield FoldsEpoch(results[0].epoch, metrics, list(results), state)
-        if patience and stale >= patience:
+        if stop_early:
             return
 
 

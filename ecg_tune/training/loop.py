@@ -39,7 +39,7 @@ from ecg_tune.models.svm import SVMOptions, SVMStage, stratified_subsample
 from ecg_tune.signal.augment import BatchAugmenter, build_augmenter, fit_to_length
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities, softmax, window_outputs
-from ecg_tune.training.metrics import classification_metrics
+from ecg_tune.training.metrics import FINISHED, classification_metrics
 from ecg_tune.training.network import Network, build_network
 
 # Training records `initialise` sees (models with `needs_data_init`), drawn with this stream.
@@ -150,6 +150,8 @@ def fit(
             else:
                 stale += 1
         metrics["epoch_seconds"] = time.perf_counter() - started
+        stop_early = bool(config.early_stop_patience) and stale >= config.early_stop_patience
+        metrics[FINISHED] = epoch + 1 == epochs or stop_early
         history.append(lr_used)
         state = {
             "epoch": epoch + 1,
@@ -163,7 +165,7 @@ def fit(
             "svm": _dump_svm(svm),
         }
         yield EpochResult(epoch + 1, metrics, network, svm, state)
-        if config.early_stop_patience and stale >= config.early_stop_patience:
+        if stop_early:
             break
 
 

@@ -9,8 +9,8 @@ export of the best trial, the progress lines, the report's curves, the benchmark
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
@@ -58,6 +58,17 @@ def _base(metric: str) -> str:
         if metric.startswith(prefix):
             return metric[len(prefix):]
     return metric
+
+
+# Reported with every epoch: True when the run ends after it by itself (its last epoch, early
+# stopping, a closed-form fit), so that a trial the scheduler stopped can be told from one that
+# finished (training/loop.py sets it; the searcher, the exports and the progress read it).
+FINISHED = "finished"
+
+
+def finished(result: Mapping[str, Any] | None) -> bool:
+    """Whether a trial's last reported result says its run ended by itself."""
+    return bool(result) and bool(result.get(FINISHED, False))
 
 
 # A cross-validated trial also reports each validation metric's spread over its folds as
