@@ -68,7 +68,7 @@ FINISHED = "finished"
 
 def finished(result: Mapping[str, Any] | None) -> bool:
     """Whether a trial's last reported result says its run ended by itself."""
-    return bool(result) and bool(result.get(FINISHED, False))
+    return result is not None and bool(result.get(FINISHED, False))
 
 
 # A cross-validated trial also reports each validation metric's spread over its folds as
