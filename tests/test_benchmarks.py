@@ -215,3 +215,67 @@ def test_dwt_alone_measures_every_implementation_and_skips_a_missing_ptwt(with_p
     text = dwt_table(result)
     assert "db2 L3 approx" in text and "sym4 L2 bands" in text
     assert ("ptwt not installed" in text) is not with_ptwt
+
+
+# ----------------------------------------------------------------------------------------------
+# portfolio
+
+
+def _candidates_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "candidates.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_portfolio_measures_each_candidate_and_summarises_ranks(tmp_path: Path, capsys) -> None:
+    candidates = _candidates_file(tmp_path, """candidates:
+  - {name: cnn, model: simple_cnn, feature_size: 32, input_length: 3000, augmentation: none, batch_size: 64}
+  - {model: minirocket, rocket_features: 2000, rocket_max_dilations: 16, input_length: 3000}
+""")
+    out = tmp_path / "results"
+    assert main(["benchmark", "portfolio", "--data", "synthetic:60", "--candidates", str(candidates),
+                 "--budget", "0.01", "--max-epochs", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    (result_file,) = out.glob("portfolio-*.json")
+    result = json.loads(result_file.read_text())
+    assert result["metric"] == "val_cinc_f1" and result["threads"] == 1 and result["max_epochs"] == 3
+    cnn, rocket = result["candidates"]
+    assert (cnn["name"], rocket["name"]) == ("cnn", "#2")
+    for row in (cnn, rocket):
+        assert 0.0 <= row["best"] <= 1.0 and row["seconds_per_epoch"] > 0 and row["rank"] in (1.0, 1.5, 2.0)
+        assert {"best_epoch", "at_quarter", "at_half", "epochs", "runs", "fitted"} <= set(row)
+    # The budget is crossed by the first epoch: it stops there. The closed-form model is one fit.
+    assert cnn["epochs"] == 1 and cnn["runs"][0]["stopped"] == "budget"
+    assert rocket["epochs"] == 1 and rocket["runs"][0]["stopped"] == "one fit"
+    assert cnn["config"]["input_length"] == 3000 and "model=simple_cnn" in cnn["description"]
+    assert "| cnn |" in printed and "| #2 |" in printed and "best val_cinc_f1" in printed
+    assert "- #2: `model=minirocket rocket_features=2000" in printed
+
+    # Two data sets (a copy under another source stands in for the second): the mean rank.
+    other = json.loads(result_file.read_text())
+    other["source"] = "synthetic:61"
+    copy = tmp_path / "other.json"
+    copy.write_text(json.dumps(other))
+    assert main(["benchmark", "portfolio", "--summarise", str(result_file), str(copy), "--out", str(out)]) == 0
+    (summary_file,) = out.glob("portfolio-summary-*.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["source"] == ["synthetic:60", "synthetic:61"]
+    assert [row["mean_rank"] for row in summary["candidates"]] == sorted(r["rank"] for r in result["candidates"])
+    assert "mean rank" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,message", [
+    ("candidates:\n  - {model: simple_cnn, lerning_rate: 0.1}\n", "candidates: 1: lerning_rate: unknown key"),
+    ("candidates:\n  - {model: simple_cnn}\n  - {model: resnet1d, width: wide}\n", "candidates: 2: width:"),
+    ("candidates:\n  - {model: simple_cnn, lr: 0.5}\n", "candidates: 1: lr: 0.5 is not a value lr can take"),
+    ("candidates:\n  - {model: simple_cnn, epochs: 3}\n", "candidates: 1: epochs: not a parameter"),
+    ("start:\n  - {model: simple_cnn}\n", "expected `candidates:`"),
+])
+def test_a_bad_candidates_file_is_a_one_line_error_naming_file_and_key(tmp_path: Path, text: str, message: str,
+                                                                      capsys) -> None:
+    path = _candidates_file(tmp_path, text)
+    assert main(["benchmark", "portfolio", "--data", "synthetic:50", "--candidates", str(path),
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: ") and message in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("portfolio-*.json"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from ecg_tune.benchmarks.common import machine_info, results_path, thin
 from ecg_tune.data import Dataset
 from ecg_tune.data.sources import LabelColumn
 
-Kind = Literal["pipeline", "search", "overhead", "gpu", "quality"]
+Kind = Literal["pipeline", "search", "overhead", "gpu", "quality", "portfolio"]
 # CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cinc2017" / "training2017"
 # Records in play for --quick: enough for every code path, small enough for minutes.
@@ -39,8 +40,11 @@ class BenchmarkOptions(BaseModel):
     # pipeline: training records per measurement; search: a stratified subset (0: all)
     records: int | None = Field(None, ge=0)
     rounds: int | None = Field(None, ge=1)
-    budget: float | None = Field(None, gt=0)  # seconds per search run
+    budget: float | None = Field(None, gt=0)  # seconds per search run (portfolio: per candidate)
     seeds: int | None = Field(None, ge=1)
+    candidates: Path | None = None  # portfolio: a candidates file (None: full's start: list)
+    max_epochs: int | None = Field(None, ge=1)  # portfolio: None: full's search max_epochs
+    summarise: list[Path] | None = None  # portfolio: result files to join into a mean rank
     strategies: list[str] | None = None
     tiny_trials: int | None = Field(None, ge=1)
     run: Path | None = None  # quality: a finished, refitted search folder
@@ -54,6 +58,14 @@ class BenchmarkOptions(BaseModel):
         # The search's 0 means all records; the pipeline's counts training records per measurement.
         if info.data.get("benchmark") == "pipeline" and value is not None and value < 1:
             raise ValueError(f"must be at least 1, got {value}")
+        return value
+
+    @field_validator("summarise")
+    @classmethod
+    def _files(cls, value: list[Path] | None) -> list[Path] | None:
+        for path in value or ():
+            if not path.is_file():
+                raise ValueError(f"{path}: no such file")
         return value
 
     @field_validator("run")
@@ -89,6 +101,7 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
         return data
 
     out, stamp = options.out, time.strftime("%Y%m%d-%H%M%S")
+    name: str = options.benchmark  # the result file's prefix
     table = None
     result: dict[str, Any]
     if options.benchmark == "pipeline":
@@ -122,6 +135,24 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
 
         result = run_gpu_benchmark(dataset(), max_epochs=1 if quick else 2)
         table = gpu_table(result)
+    elif options.benchmark == "portfolio":
+        from ecg_tune.benchmarks import portfolio
+
+        if options.summarise:
+            result = portfolio.summarise_files(options.summarise)
+            table, name = portfolio.summary_table(result), "portfolio-summary"
+        else:
+            # Checked before any data is read: a bad file fails in a second.
+            candidates = portfolio.load_candidates(options.candidates)
+
+            def seeded(seed: int) -> Dataset:
+                data = replace(data_options, seed=seed).load()
+                return thin(data, QUICK_RECORDS) if quick else data
+
+            result = portfolio.run_portfolio_benchmark(
+                seeded, candidates, budget=10.0 if quick else options.budget or portfolio.DEFAULT_BUDGET,
+                seeds=1 if quick else options.seeds or 1, max_epochs=2 if quick else options.max_epochs)
+            table = portfolio.table(result)
     else:
         from ecg_tune.benchmarks import quality
 
@@ -132,7 +163,7 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
         result["seed_grid_val"] = _seed_grid_figure(out)
         table = quality.table(result, result["seed_grid_val"])
     result = {"machine": machine_info(), "source": source, "quick": quick, **result}
-    path = results_path(out, options.benchmark, stamp, ".json")
+    path = results_path(out, name, stamp, ".json")
     path.write_text(json.dumps(result, indent=2, default=_plain))
     if table:
         print(table)
