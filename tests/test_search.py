@@ -154,6 +154,22 @@ def test_a_time_budget_is_the_limit_unless_trials_are_capped() -> None:
     assert no_budget.num_samples == 4 and no_budget.time_budget is None
 
 
+def test_time_fidelity_puts_asha_rungs_on_training_seconds(tmp_path: Path) -> None:
+    from ecg_tune.search.tuner import _scheduler
+
+    facts = DataFacts.from_dataset(prepare("synthetic:40", progress=False))
+    budgeted = write_space(tmp_path / "t.yaml", TINY + "search: {max_epochs: 30, time_budget: 240, fidelity: time}\n")
+    plan = make_plan(SearchOptions(out=Path(".")), load_space(str(budgeted)), facts, 2, 0)
+    assert plan.fidelity == "time" and plan.grace_seconds == 10  # a 24th of 240 s
+    assert "ASHA on training time (grace 10 s" in plan.describe() and "at most 30 epochs" in plan.describe()
+    asha = _scheduler(plan)
+    assert asha._time_attr == "time_total_s" and asha._brackets[0]._rungs[-1][0] == 10
+    given = write_space(tmp_path / "g.yaml", TINY + "search: {fidelity: time, grace_seconds: 7}\n")
+    assert make_plan(SearchOptions(out=Path(".")), load_space(str(given)), facts, 2, 0).grace_seconds == 7
+    epochs = _scheduler(make_plan(SearchOptions(out=Path(".")), load_space("smoke"), facts, 2, 0))
+    assert epochs._time_attr == "training_iteration"
+
+
 def test_a_budget_fills_its_time(ray_cluster, small, tmp_path: Path) -> None:
     # num_samples 2 in the file, but a 20 s budget: trials keep starting until it is spent.
     space = write_space(tmp_path / "budget.yaml", TINY + "search: {max_epochs: 1, num_samples: 2, time_budget: 20}\n")

@@ -37,8 +37,13 @@ def describe(space: SearchSpace, facts: DataFacts) -> str:
         values = ", ".join(f"{k}={fmt(v)}" for k, v in point.items())
         lines.append(f"Start point {number} (runs first; keys left out are sampled): {values}")
     s = eff.search
-    asha = (f"max_epochs {s.max_epochs} (epochs per trial, ASHA max_t), grace_period {s.grace_period}, "
-            f"reduction_factor {fmt(s.reduction_factor)}")
+    if s.fidelity == "time":
+        grace = f"{fmt(s.grace_seconds)} s" if s.grace_seconds else "a 24th of the time budget"
+        asha = (f"max_epochs {s.max_epochs} (epochs per trial), ASHA on training time: grace {grace}, "
+                f"reduction_factor {fmt(s.reduction_factor)}")
+    else:
+        asha = (f"max_epochs {s.max_epochs} (epochs per trial, ASHA max_t), grace_period {s.grace_period}, "
+                f"reduction_factor {fmt(s.reduction_factor)}")
     if eff.is_grid:
         rows, dropped = grid_points(space, facts)
         extra = (f" ({dropped} duplicate configs removed: limited options capped for this data's length)"

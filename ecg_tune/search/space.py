@@ -79,6 +79,12 @@ class SearchSettings(BaseModel):
     num_samples: NumSamples = 20
     searcher: Literal["optuna", "grid"] = "optuna"
     time_budget: TimeBudget | None = None  # no new trials after it; running ones are stopped
+    # ASHA's clock. "epochs": rungs at grace_period * reduction_factor**k epochs. "time": rungs at
+    # grace_seconds * reduction_factor**k seconds of a trial's training (Tune's time_total_s), so a
+    # configuration whose epoch costs ten times the median is compared with the others after the
+    # same seconds, not after ten times as many; max_epochs still ends every trial.
+    fidelity: Literal["epochs", "time"] = "epochs"
+    grace_seconds: TimeBudget | None = None  # time fidelity; None: a 24th of the time budget (5-120 s), else 60 s
     # TPE's random start-up trials (None: a quarter of a capped search, 2 to 10; 5 under a time
     # budget, where a laptop's few minutes start only a handful of trials on long records).
     startup_trials: NumSamples | None = None

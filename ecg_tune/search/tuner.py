@@ -90,13 +90,20 @@ class Plan:
     scheduler: str
     time_budget: float | None = None
     startup_trials: int = 10  # TPE's random start-up trials (start points count among them)
+    fidelity: str = "epochs"  # ASHA's clock: "epochs" or "time" (seconds of training)
+    grace_seconds: float = 60.0  # time fidelity: the first rung
     folds: int = 1  # cross-validation folds per trial (1: the split's val part)
     validation: str = ""  # how trials are validated, in words
 
     def describe(self) -> str:
         gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ", no GPU"
-        schedule = (f"ASHA (max_t {self.max_epochs}, grace {self.grace_period}, reduction {self.reduction_factor:g})"
-                    if self.scheduler == "asha" else f"FIFO ({self.max_epochs} epochs each)")
+        if self.scheduler != "asha":
+            schedule = f"FIFO ({self.max_epochs} epochs each)"
+        elif self.fidelity == "time":
+            schedule = (f"ASHA on training time (grace {self.grace_seconds:g} s, reduction {self.reduction_factor:g}; "
+                        f"at most {self.max_epochs} epochs a trial)")
+        else:
+            schedule = f"ASHA (max_t {self.max_epochs}, grace {self.grace_period}, reduction {self.reduction_factor:g})"
         best = "lowest" if self.mode == "min" else "highest"
         validation = f"; validation: {self.validation}" if self.validation else ""
         return (f"{self.limits()}; by {self.searcher}, {schedule}, ranked by {self.metric} ({best} wins); "
@@ -158,9 +165,17 @@ def make_plan(options: SearchOptions, space: SearchSpace, facts: DataFacts, clus
         scheduler="fifo" if space.is_grid else options.scheduler,
         time_budget=time_budget,
         startup_trials=settings.startup_trials or _startup_trials(num_samples),
+        fidelity=settings.fidelity,
+        grace_seconds=float(settings.grace_seconds or _grace_seconds(time_budget)),
         folds=validation.k if validation else 1,
         validation=validation.description if validation else "",
     )
+
+
+def _grace_seconds(time_budget: float | None) -> float:
+    """The first rung of time-fidelity ASHA: a 24th of the budget (rungs at 1/24, 1/8, 3/8 of
+    it with reduction 3), within 5-120 s; 60 s without a budget."""
+    return 60.0 if not time_budget else min(120.0, max(5.0, round(time_budget / 24)))
 
 
 # Under a time budget the number of trials is unknown: on long records a laptop's 4 minutes
@@ -293,5 +308,9 @@ def _scheduler(plan: Plan) -> Any:
 
     if plan.scheduler == "fifo":
         return FIFOScheduler()
+    if plan.fidelity == "time":
+        # max_t only bounds the rungs: max_epochs (the trainable's) or the budget ends a trial.
+        return ASHAScheduler(time_attr="time_total_s", max_t=int(max(plan.time_budget or 0.0, 24 * 3600.0)),
+                             grace_period=max(1, round(plan.grace_seconds)), reduction_factor=plan.reduction_factor)
     return ASHAScheduler(time_attr="training_iteration", max_t=plan.max_epochs,
                          grace_period=plan.grace_period, reduction_factor=plan.reduction_factor)
