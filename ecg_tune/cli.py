@@ -250,7 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="wall-clock budget of that search (default 1500 = 25 min)")
     quality.add_argument("--search-trials", type=int, default=200, help="trial limit of that search")
     quality.add_argument("--kernels", type=int, default=10_000, help="MiniRocket kernels")
-    for kind in (pipeline, strategies, overhead, gpu, quality):
+    portfolio = kinds.add_parser("portfolio", help="candidate start points of full, each trained alone for the "
+                                                   "same budget on one thread (--summarise: mean rank over data sets)")
+    portfolio.add_argument("--candidates", type=Path, help="a YAML file with a `candidates:` list of partial configs "
+                                                           "(default: the start: list of the full space)")
+    portfolio.add_argument("--budget", type=float, default=120.0, metavar="SECONDS",
+                           help="wall-clock seconds per candidate; it stops after the epoch that crosses it")
+    portfolio.add_argument("--max-epochs", type=int, help="epoch cap per candidate (default: full's max_epochs)")
+    portfolio.add_argument("--seeds", type=int, default=1, help="seeds of the split and initialisation")
+    portfolio.add_argument("--summarise", nargs="+", type=Path, metavar="FILE",
+                           help="portfolio result files, one per data set: their mean rank (trains nothing)")
+    for kind in (pipeline, strategies, overhead, gpu, quality, portfolio):
         kind.add_argument("--data", default=None,
                           help="data source (default: ../shared/data/cinc2017/training2017 beside the "
                                "checkout when present, else synthetic)")
