@@ -180,7 +180,8 @@ def test_asha_stopped_trials_are_pruned_in_the_study(ray_cluster, tmp_path: Path
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY)
     out, storage = tmp_path / "out", f"sqlite:///{tmp_path}/study.db"
-    options = SearchOptions(out=out, num_samples=8, cpus_per_trial=1, max_concurrent=2, optuna_storage=storage)
+    options = SearchOptions(out=out, num_samples=8, cpus_per_trial=1, max_concurrent=2, optuna_storage=storage,
+                            cv=1)
     result = run_pipeline(PipelineOptions(search=options, space=space, refit=None),
                           dataset=prepare("synthetic:80", progress=False))
     metric = result.plan.metric

@@ -60,7 +60,7 @@ def refitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the bundle carries an SVM stage."""
     out = tmp_path_factory.mktemp("refit") / "run"
     result = cli("search.py", "--space", "smoke", "--data", "synthetic:120", "--out", str(out),
-                 "--num-samples", "2", "--max-epochs", "1")
+                 "--num-samples", "2", "--max-epochs", "1", "--cv", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best val_cinc_f1" in result.stdout and "test (" in result.stdout
     return out

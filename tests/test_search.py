@@ -51,6 +51,7 @@ def write_space(path: Path, text: str) -> Path:
 
 
 def search(dataset, space_path, out: Path, **options):
+    options.setdefault("cv", 1)  # cross-validation has its own tests (test_cv.py): one fit a trial here
     result = run_pipeline(PipelineOptions(search=SearchOptions(out=out, **options), space=space_path, refit=None),
                           dataset=dataset)
     return result, result.plan, result.best, pd.read_csv(out / "trials.csv")
