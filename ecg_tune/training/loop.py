@@ -211,15 +211,25 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
     torch.manual_seed(config.seed * 100_003 + epoch)  # dropout, reproducible per epoch
     order = np.random.default_rng([config.seed, epoch]).permutation(train_index)
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + epoch)
+    # On the signals' own device the augmenter reads the batch's rows in place: copying whole
+    # rows out first (as wide as the longest record) cost more than the augmentation's reads.
+    in_place = signals.device == device
+    # One input buffer for the epoch, reused: the step is done with a batch (backward included)
+    # before the next one is written, and the data path then touches no new memory per batch.
+    batch = torch.empty(config.batch_size, augmenter.input_length, device=device)
     total, seen = 0.0, 0
     for begin in range(0, len(order), config.batch_size):
         rows = torch.as_tensor(order[begin:begin + config.batch_size])
         if len(rows) < 2 and seen:
             break  # a batch of one breaks BatchNorm; its record is seen next epoch
-        x = signals.index_select(0, rows).to(device, non_blocking=True)
-        x = augmenter(x, lengths[rows].to(device), generator)
+        out = batch[:len(rows)]
+        if in_place:
+            x = augmenter(signals, lengths[rows], generator, out=out, rows=rows)
+        else:
+            x = augmenter(signals.index_select(0, rows).to(device, non_blocking=True),
+                          lengths[rows].to(device), generator, out=out)
         if config.normalisation == "none":
-            x = x * scale[rows, None].to(device)
+            x.mul_(scale[rows, None].to(device))
         total += train_step(network, optimizer, criterion, x, labels[rows].to(device)) * len(rows)
         seen += len(rows)
     return total / max(seen, 1), seen
