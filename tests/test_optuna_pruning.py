@@ -100,6 +100,27 @@ def test_the_loop_marks_the_epoch_a_run_ends_on() -> None:
     assert len(early) < 30
 
 
+def test_a_proposal_that_repeats_a_finished_trial_is_answered_from_memory() -> None:
+    def two_models(trial: optuna.trial.Trial) -> None:
+        trial.suggest_categorical("model", ["a", "b"])
+
+    s = PruningAwareOptunaSearch(space=two_models, metric="score", mode="max", max_epochs=2,
+                                 sampler=optuna.samplers.RandomSampler(seed=3))
+    first = s.suggest("t1")
+    s.on_trial_result("t1", epoch(1, 0.5))
+    s.on_trial_complete("t1", result=epoch(2, 0.8))
+    second = s.suggest("t2")
+    assert second is not None and second["model"] != first["model"]  # the repeat never reaches Tune
+    trials = s._ot_study.get_trials(deepcopy=False)
+    repeats = [t for t in trials if t.user_attrs.get("repeat_of") == "t1"]
+    assert repeats, "seed 3 proposes the finished model again before the other one"
+    assert all(t.state == State.COMPLETE and t.value == 0.8 and t.params == first for t in repeats)
+    # A space with nothing new left still runs: after MAX_REPEATS answers the repeat is let through.
+    s.on_trial_result("t2", epoch(1, 0.1))
+    s.on_trial_complete("t2", result=epoch(2, 0.2))
+    assert s.suggest("t3") is not None
+
+
 def test_a_repeated_epoch_keeps_its_first_value_and_late_results_are_ignored() -> None:
     s = searcher("max")
     s.suggest("t")
