@@ -14,7 +14,7 @@ Candidates: by default the `start:` list of the shipped `full` space; or a YAML 
 Every candidate must be a start point `full` accepts (keys of its parameters, values they can
 take), checked by the space itself: the winners are meant to be copied into its `start:` list.
 On the data a candidate is fitted as the search fits a start point (search/adapt.py caps
-input_length at the longest record of short-record data; the samplers' `_clamped` caps the
+input_length at the longest record of short-record data; the samplers' `clamped_to_limits` caps the
 wavelet's levels at what that length allows). Keys it leaves out take `full`'s constants (as
 every trial does, e.g. early_stop_patience) and otherwise the TrainConfig default, never a
 sampled value: the measurement is deterministic, where a search would sample them.
@@ -51,7 +51,7 @@ from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
 from ecg_tune.search.adapt import DataFacts, adapt, space_min_input
 from ecg_tune.search.parameters import Constant
-from ecg_tune.search.samplers import _clamped
+from ecg_tune.search.samplers import clamped_to_limits
 from ecg_tune.search.space import SearchSpace, space_error, yaml_type
 from ecg_tune.search.space_file import load_space, parse_yaml
 from ecg_tune.training.metrics import best_index, direction, ranking_metric, running_best
@@ -147,7 +147,8 @@ def candidate_configs(candidates: Candidates, dataset: Dataset, seed: int, max_e
         point = dict(point)
         constants = {key: p.value for key, p in space.parameters.items() if isinstance(p, Constant)
                      and p.active({ref: point.get(ref, default_value(ref)) for ref in p.when})}
-        values = {**constants, **point, **_clamped(point, facts, min_input), "epochs": max_epochs, "seed": seed}
+        values = {**constants, **point, **clamped_to_limits(point, facts, min_input),
+                  "epochs": max_epochs, "seed": seed}
         configs.append(make_config(values, where=f"{candidates.where}: candidate {number}"))
     return configs
 

@@ -57,7 +57,7 @@ class DefineByRun:
                 chosen[key] = trial.suggest_int(key, min(p.low, high), high, step=p.step, log=p.log)
             else:
                 chosen[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
-        constants.update(_clamped(chosen, facts, self.min_input))
+        constants.update(clamped_to_limits(chosen, facts, self.min_input))
         return constants
 
 
@@ -104,12 +104,12 @@ def grid_points(space: SearchSpace, facts: DataFacts) -> tuple[list[dict[str, An
     min_input = space_min_input(space.parameters)
     unique: dict[str, dict[str, Any]] = {}
     for row in rows:
-        row = {**row, **_clamped(row, facts, min_input)}
+        row = {**row, **clamped_to_limits(row, facts, min_input)}
         unique.setdefault(json.dumps(row, sort_keys=True), row)
     return list(unique.values()), len(rows) - len(unique)
 
 
-def _clamped(chosen: dict[str, Any], facts: DataFacts, min_input: int) -> dict[str, Any]:
+def clamped_to_limits(chosen: dict[str, Any], facts: DataFacts, min_input: int) -> dict[str, Any]:
     """The trial's limited options (chosen or default) that exceed its limits, at the limit."""
     out = {}
     for key, limit in trial_limits(chosen, facts, min_input).items():
