@@ -79,11 +79,26 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise EcgTuneError("--resume needs the --out folder of the search to continue")
     out = Path(args.out or f"runs/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    search = options_from_args(SearchOptions, args, out=out, reuse_actors=not args.new_worker_per_trial)
+    search = options_from_args(SearchOptions, args, out=out, reuse_actors=not args.new_worker_per_trial,
+                               trial_resources=_resources(args.trial_resource))
     refit = None if args.no_refit else options_from_args(RefitOptions, args, cpus=args.cpus_per_trial, gpus=None)
     run_pipeline(PipelineOptions(search=search, space=space, refit=refit, dry_run=args.dry_run,
                                  data=DataOptions(args.data, args.label_column, seed=args.seed)))
     return 0
+
+
+def _resources(pairs: list[str]) -> dict[str, float]:
+    """--trial-resource NAME=AMOUNT pairs as a dict."""
+    resources = {}
+    for pair in pairs:
+        name, sep, amount = pair.partition("=")
+        try:
+            resources[name.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise EcgTuneError(f"--trial-resource {pair!r}: expected NAME=AMOUNT, e.g. gpu_node=0.01")
+    return resources
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
@@ -195,8 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "split's val part; auto (default): 5 folds when the val part has fewer than "
                              "100 records")
     search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--address", help="attach to this Ray cluster instead of starting one")
-    search.add_argument("--storage", help="experiment storage every node sees (path or URI; default: --out)")
+    search.add_argument("--address", help="attach to the Ray cluster at HOST:PORT (its head's GCS port) instead of "
+                                          "starting one on this machine")
+    search.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long to wait for --address to answer (default 30)")
+    search.add_argument("--storage", help="where Tune keeps the experiment, seen by every node: a path on a shared "
+                                          "filesystem or a URI (s3://bucket/path?endpoint_override=...); "
+                                          "default: --out, one machine only")
+    search.add_argument("--trial-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                        help="a custom Ray resource each trial also asks for (repeatable), e.g. "
+                             "gpu_node=0.01 to run trials only on nodes started with that resource")
     search.add_argument("--optuna-storage", metavar="URL", help="keep the Optuna study there, e.g. sqlite:///study.db")
     search.add_argument("--keep-checkpoints", type=int, default=1, help="checkpoints kept per trial")
     search.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
@@ -212,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--run", required=True, help="the search's output folder (holds best_config.json)")
     refit.add_argument("--cpus", type=float, default=1.0, help="CPUs for the refit task")
     refit.add_argument("--gpus", type=float, help="GPU share (default: 0.25 when the cluster has GPUs)")
+    refit.add_argument("--address", help="run the refit task on the Ray cluster at HOST:PORT")
+    refit.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="how long to wait for --address to answer (default 30)")
     refit.set_defaults(handler=cmd_refit)
 
     predict = commands.add_parser("predict", help="classify recordings with an exported model bundle")

@@ -28,6 +28,7 @@ from ecg_tune.search.adapt import DataFacts, adapt
 from ecg_tune.search.space import SearchSpace
 from ecg_tune.search.space_file import load_space
 from ecg_tune.search.tuner import Plan, SearchOptions, make_plan
+from ecg_tune.storage import ExperimentStorage
 
 __all__ = ["DataOptions", "PipelineOptions", "PipelineResult", "RefitOptions", "TrainOptions",
            "run_pipeline", "run_refit", "run_train", "train_options"]
@@ -84,6 +85,10 @@ def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: 
     if search.resume and not run.path.is_dir():
         raise ConfigError(f"--resume: {run.path} does not exist; give the --out folder of the search to continue")
     resumed_split = search.resume and run.split_path.is_file()
+    if search.address and not options.dry_run:
+        from ecg_tune.search.tuner import start_ray
+
+        start_ray(search)  # an address where no cluster answers fails now, not after the data is read
     if dataset is None:
         data = options.data
         if resumed_split:
@@ -109,18 +114,28 @@ def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: 
     run.path.mkdir(parents=True, exist_ok=True)
     if not resumed_split:
         run.write_split(dataset)
-    results, plan = run_search(search, space, dataset)
+    storage = _storage(search, run)
+    run.write_storage(storage)
+    results, plan = run_search(search, space, dataset, storage)
     best = write_results(results, run, plan.metric, plan.max_epochs, search.seed, dataset.records.source,
                          threads=max(1, int(plan.cpus_per_trial)), cv=plan.folds)
     spread = f" (mean of {best.cv} folds, std {best.spread:.4f})" if best.spread is not None else ""
     log(f"best {plan.metric} {best.score:.4f}{spread} at epoch {best.epoch} (trial {best.trial_id}): "
         f"{_json(best.config)}")
-    log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv, experiment/")
+    log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv; "
+        f"Tune's experiment: {storage.describe()}")
     refit = None
     if options.refit is not None:
         gpus = options.refit.gpus if options.refit.gpus is not None else plan.gpus_per_trial
         refit = run_refit(run, options.refit.model_copy(update={"gpus": gpus}))
     return PipelineResult(run=run, space=space, plan=plan, best=best, refit=refit)
+
+
+def _storage(search: SearchOptions, run: RunFolder) -> ExperimentStorage:
+    """--storage; on --resume without it, the storage the search recorded; else <out>/experiment."""
+    if search.storage is None and search.resume:
+        return run.storage()
+    return ExperimentStorage.for_search(search.storage, run.path)
 
 
 def _local_resources() -> tuple[float, float]:

@@ -30,6 +30,8 @@ class RefitOptions(BaseModel):
 
     cpus: float = Field(1.0, gt=0)
     gpus: float | None = Field(None, ge=0)  # None: 0.25 when the cluster has GPUs, else 0
+    address: str | None = None  # a Ray cluster to run on (None: the search's, or a local one)
+    connect_timeout: float = Field(30.0, gt=0)
 
 
 @dataclass
@@ -88,13 +90,15 @@ def _refit_task(config_values: dict[str, Any], tensors: Any, train_index: np.nda
 
 
 def train_and_predict(config: TrainConfig, dataset: Dataset, train_index: np.ndarray, test_index: np.ndarray,
-                      lr_schedule: list[float], cpus: float = 1.0, gpus: float | None = None) -> TrainedModel:
+                      lr_schedule: list[float], cpus: float = 1.0, gpus: float | None = None,
+                      address: str | None = None, connect_timeout: float = 30.0) -> TrainedModel:
     """Train `config` on `train_index` as a Ray task (progress printed here), then predict `test_index`."""
     import ray
     from ray.util.queue import Queue
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    from ecg_tune.search.cluster import connect
+
+    connect(address, connect_timeout)  # no-op inside a search, which is connected already
     if gpus is None:
         gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     queue = Queue()
@@ -162,7 +166,8 @@ def run_refit(run: RunFolder, options: RefitOptions | None = None) -> RefitResul
     print(f"refit: {best.trial_id}'s config for {epochs} epochs{peak} on {len(train_index)} train+val records; "
           f"test: {len(test_index)} records", flush=True)
 
-    output = train_and_predict(config, dataset, train_index, test_index, lr_schedule, options.cpus, options.gpus)
+    output = train_and_predict(config, dataset, train_index, test_index, lr_schedule, options.cpus, options.gpus,
+                               options.address, options.connect_timeout)
 
     classes = dataset.records.classes
     assert dataset.tensors.labels is not None  # data.prepare refuses unlabelled data

@@ -3,7 +3,9 @@
     <out>/best_config.json     the winning trial (`BestConfig`)
     <out>/trials.csv, .parquet one row per trial (`TrialRecord.flat`); whole numbers stay whole
     <out>/split.csv            the record-level split every later stage uses
-    <out>/experiment/          Ray Tune's experiment (per trial: params.json, result.json, ...)
+    <out>/experiment/          Ray Tune's experiment (per trial: params.json, result.json, ...), unless
+                               --storage put it elsewhere: then <out>/storage.json says where (storage.py)
+    <out>/.search.lock         held while a search or refit writes to the folder
     <out>/report.json          the refit's test report; model/ the exported bundle
 
 This module is the only one that knows these names and formats: everything else asks a
@@ -23,6 +25,7 @@ import pandas as pd
 from ecg_tune.data import Dataset
 from ecg_tune.data.split import save_split
 from ecg_tune.errors import EcgTuneError
+from ecg_tune.storage import ExperimentStorage
 from ecg_tune.training.metrics import SPREAD_SUFFIX
 
 TrialStatus = Literal["completed", "stopped", "errored"]
@@ -94,9 +97,19 @@ class RunFolder:
         return self.path / "split.csv"
 
     @property
-    def experiment(self) -> Path:
-        """Ray Tune's experiment folder of this run."""
-        return self.path / "experiment"
+    def storage_record_path(self) -> Path:
+        return self.path / "storage.json"
+
+    def storage(self) -> ExperimentStorage:
+        """Where Tune's experiment of this run is: as recorded by the search, else `<out>/experiment`."""
+        path = self.storage_record_path
+        if path.is_file():
+            return ExperimentStorage.from_json(path.read_text(), where=str(path))
+        return ExperimentStorage(str(self.path))
+
+    def write_storage(self, storage: ExperimentStorage) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.storage_record_path.write_text(storage.to_json())
 
     @property
     def report_path(self) -> Path:
@@ -137,20 +150,21 @@ class RunFolder:
     # Tune's per-trial results ----------------------------------------------------------------
 
     def histories(self) -> dict[str, pd.DataFrame]:
-        """Every trial's per-epoch results (its result.json), by trial id."""
+        """Every trial's per-epoch results (its result.json, read from the run's storage), by trial id."""
         histories = {}
-        for path in sorted(self.experiment.glob("*/result.json")):
-            rows = _json_lines(path)
+        storage = self.storage()
+        for folder, content in storage.trial_files("result.json"):
+            try:
+                rows = _json_lines(content)
+            except ValueError as exc:
+                raise EcgTuneError(f"{storage.describe()}/{folder}/result.json: not JSON lines ({exc})") from None
             if rows:
-                histories[str(rows[0].get("trial_id", path.parent.name))] = pd.DataFrame(rows)
+                histories[str(rows[0].get("trial_id", folder))] = pd.DataFrame(rows)
         return histories
 
     def history(self, trial_id: str) -> pd.DataFrame | None:
         """One trial's per-epoch results, or None when it reported nothing."""
-        for path in sorted(self.experiment.glob(f"*{trial_id}*/result.json")):
-            rows = _json_lines(path)
-            return pd.DataFrame(rows) if rows else None
-        return None
+        return self.histories().get(trial_id)
 
     # split -----------------------------------------------------------------------------------
 
@@ -199,8 +213,17 @@ def is_best_config(path: str | Path) -> bool:
     return isinstance(content, dict) and isinstance(content.get("config"), dict) and "trial_id" in content
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _json_lines(content: bytes) -> list[dict[str, Any]]:
+    lines = [line for line in content.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number == len(lines) - 1:
+                break  # a line cut short by a killed process: the epochs before it stand
+            raise
+    return rows
 
 
 def _whole_numbers_stay_whole(table: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:

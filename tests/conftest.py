@@ -21,3 +21,11 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.setenv("ECG_TUNE_CACHE", str(tmp_path_factory.mktemp("ecg_tune_cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _clusters_on_loopback() -> None:
+    """Every Ray cluster a test starts (ray.init, cluster_utils, the CLI's) listens on 127.0.0.1 only."""
+    from ecg_tune.search.cluster import keep_on_loopback
+
+    keep_on_loopback()

@@ -121,7 +121,15 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
             print(f"in play: {len(data.index('train', 'val', 'test'))} records (--records {options.records}), "
                   f"train {len(data.index('train'))}, val {len(data.index('val'))}", flush=True)
         runs_dir = (Path("runs") / f"benchmark-search-{stamp}").resolve()
-        result = search.run_search_benchmark(data, runs_dir, budget=budget, seeds=seeds, strategies=options.strategies)
+        partial = results_path(out, "search", stamp, ".json")
+
+        def write_partial(so_far: dict) -> None:
+            partial.write_text(json.dumps({"machine": machine_info(), "source": source, "quick": quick, **so_far},
+                                          indent=2, default=_plain))
+            print(f"results so far: {partial}", flush=True)
+
+        result = search.run_search_benchmark(data, runs_dir, budget=budget, seeds=seeds,
+                                             strategies=options.strategies, on_run=write_partial)
         search.plot(result, results_path(out, "search", stamp, ".png"))
         table = search.table(result)
     elif options.benchmark == "overhead":

@@ -34,7 +34,10 @@ CHECKPOINTS = 10  # points of the summary table across the budget
 
 
 def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0, seeds: int = 3,
-                         strategies: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
+                         strategies: list[str] | None = None, log: Callable[[str], None] = print,
+                         on_run: Callable[[dict], None] | None = None) -> dict:
+    """Every strategy x seed, interleaved; `on_run` gets the result so far after each run (so that a
+    session cut in the middle of an hours-long benchmark keeps the runs that finished)."""
     import ray
 
     from ecg_tune.pipeline import PipelineOptions, run_pipeline
@@ -63,9 +66,15 @@ def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0
                          "final_best": value_at(times, best, budget), "folder": str(result.run.path)})
             log(f"{name} seed {seed}: best {runs[-1]['final_best']:.4f} after {wall:.0f} s, "
                 f"{runs[-1]['trials']} trials, {runs[-1]['epochs']} epochs")
+            if on_run is not None:
+                on_run(_result(runs, budget, seeds, strategies, complete=False))
     ray.shutdown()
+    return _result(runs, budget, seeds, strategies, complete=True)
+
+
+def _result(runs: list[dict], budget: float, seeds: int, strategies: list[str], complete: bool) -> dict:
     return {"budget_s": budget, "seeds": seeds, "strategies": {n: STRATEGIES[n]["label"] for n in strategies},
-            "runs": runs, "summary": summarise(runs, budget)}
+            "complete": complete, "runs": runs, "summary": summarise(runs, budget)}
 
 
 def summarise(runs: list[dict], budget: float) -> dict:

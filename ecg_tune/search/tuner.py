@@ -23,9 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
 from ecg_tune.search.adapt import DataFacts
+from ecg_tune.search.cluster import DEFAULT_CONNECT_TIMEOUT, check_storage_shared, connect
 from ecg_tune.search.samplers import define_by_run, grid
 from ecg_tune.search.space import GracePeriod, MaxEpochs, NumSamples, ReductionFactor, SearchSpace, TimeBudget
 from ecg_tune.search.trainable import GRID_KEY
+from ecg_tune.storage import EXPERIMENT, ExperimentStorage
 from ecg_tune.training.folds import CvOption, Validation, choose_validation
 from ecg_tune.training.metrics import Direction, direction, ranking_metric, validation_metrics
 
@@ -55,8 +57,12 @@ class SearchOptions(BaseModel):
     cv: CvOption = "auto"
     seed: int = 0
     address: str | None = None
-    storage: str | None = None
+    connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0)  # seconds to reach --address
+    storage: str | None = None  # None: <out>/experiment (one machine only)
     optuna_storage: str | None = None
+    # custom Ray resources each trial also asks for, e.g. {"gpu_node": 0.01} to keep trials on the
+    # nodes that declare that resource (`ray start --resources '{"gpu_node": 1}'`)
+    trial_resources: dict[str, float] = Field(default_factory=dict)
     keep_checkpoints: int = Field(1, ge=1)
     max_failures: int = Field(MAX_TRIAL_FAILURES, ge=0)
     # A trial reuses a finished trial's worker process instead of starting (and importing torch
@@ -64,6 +70,16 @@ class SearchOptions(BaseModel):
     reuse_actors: bool = True
     dashboard: bool = False
     resume: bool = False
+
+    @field_validator("trial_resources")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name.lower() in {"cpu", "gpu", "memory"}:
+                raise ValueError(f"{name}: use --cpus-per-trial / --gpus-per-trial for it")
+            if not amount > 0:
+                raise ValueError(f"{name}={amount:g}: an amount must be above 0")
+        return value
 
     @field_validator("cv")
     @classmethod
@@ -191,26 +207,18 @@ def _startup_trials(num_samples: int | None) -> int:
 
 
 def start_ray(options: SearchOptions) -> None:
-    """Attach to `--address`, or start a local cluster (with the dashboard on 127.0.0.1 if asked)."""
-    import ray
-
+    """Attach to `--address` within `--connect-timeout`, or start a local cluster on 127.0.0.1 (with
+    the dashboard if asked): search/cluster.py."""
     # Checkpointing every epoch is the point (nothing finished is lost): Tune's warning that
     # frequent experiment snapshots may be a bottleneck is noise at this scale.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
-    # Trial stdout (checkpoint notices) would drown the progress lines; errors are reported by
-    # SearchProgress and kept in each trial's error.txt.
-    kwargs: dict[str, Any] = {"include_dashboard": options.dashboard, "log_to_driver": False}
-    if options.dashboard:
-        kwargs["dashboard_host"] = "127.0.0.1"
-    context = ray.init(address=options.address, **kwargs)
-    if options.dashboard and getattr(context, "dashboard_url", None):
-        print(f"Ray dashboard: http://{context.dashboard_url} (token: ~/.ray/auth_token)", flush=True)
+    connect(options.address, options.connect_timeout, options.dashboard)
 
 
-def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset) -> tuple[Any, Plan]:
-    """Run (or resume) the search; returns Tune's ResultGrid and the plan it ran with."""
+def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset,
+               storage: ExperimentStorage | None = None) -> tuple[Any, Plan]:
+    """Run (or resume) the search; returns Tune's ResultGrid and the plan it ran with. `storage`:
+    where the experiment is (default: from --storage and --out, see ecg_tune/storage.py)."""
     import ray
     from ray import tune
 
@@ -220,6 +228,8 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset) -> 
     out = options.out.resolve()
     facts = DataFacts.from_dataset(dataset)
     start_ray(options)
+    storage = storage or ExperimentStorage.for_search(options.storage, out)
+    check_storage_shared(storage, given=storage.run_name is not None)  # None: the --out default
     resources = ray.cluster_resources()
     validation = choose_validation(dataset, options.cv, options.seed)
     plan = make_plan(options, space, facts, resources.get("CPU", 1.0), resources.get("GPU", 0.0), validation)
@@ -228,21 +238,21 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset) -> 
 
     trainable = tune.with_parameters(
         train_trial, data=dataset.tensors, folds=validation.folds, max_epochs=plan.max_epochs, seed=options.seed)
-    trainable = tune.with_resources(trainable, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+    trainable = tune.with_resources(
+        trainable, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial, **options.trial_resources})
 
-    storage = options.storage or str(out)
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())  # Ray refuses relative storage paths
-    experiment = f"{storage.rstrip('/')}/experiment"
+    print(f"experiment: {storage.describe()}", flush=True)
+    where = {"storage_filesystem": storage.filesystem}
     if options.resume:
         from ray.tune import Tuner
 
-        if not Tuner.can_restore(experiment):
-            raise ConfigError(f"--resume: no search to resume in {experiment}")
-        tuner = Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+        if not Tuner.can_restore(storage.experiment_path, **where):
+            raise ConfigError(f"--resume: no search to resume in {storage.describe()}")
+        tuner = Tuner.restore(storage.experiment_path, trainable=trainable, resume_errored=True, **where)
     else:
-        if Path(experiment).exists() and "://" not in experiment:
-            raise ConfigError(f"{out}: holds a search already; use --resume to continue it or another --out")
+        if storage.exists():
+            raise ConfigError(f"{storage.describe()}: holds a search already; use --resume to continue it "
+                              f"or another --out")
         # A grid space runs its expanded points as one grid_search over whole configs (a grid
         # over each key would ignore the space's conditions); the trainable unwraps them.
         points = grid(space, facts) if plan.searcher == "grid" else None
@@ -261,8 +271,9 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset) -> 
                 reuse_actors=options.reuse_actors,
             ),
             run_config=tune.RunConfig(
-                name="experiment",
-                storage_path=storage,
+                name=EXPERIMENT,
+                storage_path=storage.storage_path,
+                storage_filesystem=storage.filesystem,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=options.keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 callbacks=[SearchProgress(plan.metric, plan.max_epochs,
