@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ecg_tune.errors import EcgTuneError
+from ecg_tune.errors import EcgTuneError, SearchInterrupted
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "gpu_node=0.01 to run trials only on nodes started with that resource")
     search.add_argument("--optuna-storage", metavar="URL", help="keep the Optuna study there, e.g. sqlite:///study.db")
     search.add_argument("--keep-checkpoints", type=int, default=1, help="checkpoints kept per trial")
+    search.add_argument("--min-free-mb", type=float, default=256.0, metavar="MB",
+                        help="stop the search (resumably) when less than this is free on a local storage "
+                             "(default 256)")
     search.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
     search.add_argument("--new-worker-per-trial", action="store_true",
                         help="start a fresh worker process for every trial (Tune's default) instead of "
@@ -303,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     try:
         return args.handler(args)
+    except SearchInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except EcgTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,11 @@ class ConfigError(EcgTuneError):
     """A configuration value, space file or option that cannot work."""
 
 
+class SearchInterrupted(EcgTuneError):
+    """A search stopped before its end (Ctrl-C, SIGUSR1, low disk space) with its state saved for
+    --resume; the CLI exits with 130, as for an interrupt."""
+
+
 def validation_message(exc: ValidationError, name: Callable[[str], str] | None = None) -> str:
     """pydantic's first error as `key: problem` (nested keys joined by ': '); `name` renames the
     first key (e.g. to a command-line flag)."""

@@ -76,8 +76,6 @@ class PipelineResult:
 def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: Log = _print) -> PipelineResult:
     """Run the search pipeline (see the module docstring). `dataset`: records already loaded and
     split (the benchmarks' subsets); otherwise `options.data` is loaded."""
-    from ecg_tune.search.export import write_results
-
     # A bad space file fails before any data is read.
     space = options.space if isinstance(options.space, SearchSpace) else load_space(options.space)
     search = options.search
@@ -109,9 +107,16 @@ def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: 
         log(f"results would go to {run.path}")
         return PipelineResult(run=run, space=space, plan=plan)
 
+    with run.lock():  # a second search on the same --out is refused before it writes anything
+        return _search_and_refit(options, run, space, dataset, resumed_split, log)
+
+
+def _search_and_refit(options: PipelineOptions, run: RunFolder, space: SearchSpace, dataset: Dataset,
+                      resumed_split: bool, log: Log) -> PipelineResult:
+    from ecg_tune.search.export import write_results
     from ecg_tune.search.tuner import run_search
 
-    run.path.mkdir(parents=True, exist_ok=True)
+    search = options.search
     if not resumed_split:
         run.write_split(dataset)
     storage = _storage(search, run)

@@ -151,13 +151,18 @@ def refit_setup(run: RunFolder) -> RefitSetup:
 
 def run_refit(run: RunFolder, options: RefitOptions | None = None) -> RefitResult:
     """Refit the best config of the search in `run`; write report, pictures and model/."""
+    options = options or RefitOptions()
+    run = RunFolder(run.path.resolve())
+    with run.lock():  # not while a search (or another refit) writes to the folder
+        return _refit(run, options)
+
+
+def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     from ecg_tune.bundle import save_bundle
     from ecg_tune.models.svm import SVMStage
     from ecg_tune.report import plot_confusion, plot_search_overview, plot_training_curves, test_metrics
     from ecg_tune.training.network import build_network
 
-    options = options or RefitOptions()
-    run = RunFolder(run.path.resolve())
     setup = refit_setup(run)
     best, config, dataset, lr_schedule = setup.best, setup.config, setup.dataset, setup.lr_schedule
     train_index, test_index = setup.train_index, setup.test_index

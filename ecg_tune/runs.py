@@ -15,6 +15,10 @@ This module is the only one that knows these names and formats: everything else 
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +33,7 @@ from ecg_tune.storage import ExperimentStorage
 from ecg_tune.training.metrics import SPREAD_SUFFIX
 
 TrialStatus = Literal["completed", "stopped", "errored"]
+_HELD: set[Path] = set()  # run folders this process holds the lock of (a search's refit re-enters it)
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,40 @@ class RunFolder:
     @property
     def model_dir(self) -> Path:
         return self.path / "model"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one writer: a second search (or refit) on it is refused at once, with
+        who holds it, instead of both writing the same files. The OS drops the lock when the holder
+        dies, so a killed search never leaves the folder locked."""
+        import fcntl
+
+        folder = self.path.resolve()
+        if folder in _HELD:
+            yield
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / ".search.lock"
+        handle = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise EcgTuneError(f"{folder}: in use by {holder}; wait for it to finish or give another --out") \
+                    from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+            _HELD.add(folder)
+            try:
+                yield
+            finally:
+                _HELD.discard(folder)
+        finally:
+            handle.close()
 
     # best config -----------------------------------------------------------------------------
 

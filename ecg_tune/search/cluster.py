@@ -178,3 +178,4 @@ def _init_before(deadline: float, address: str, timeout: float, kwargs: dict[str
     if attempt.error is not None:
         message = str(attempt.error).strip().splitlines()
         raise ConfigError(f"--address {address}: {message[0] if message else type(attempt.error).__name__}")
+

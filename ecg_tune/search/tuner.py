@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ecg_tune.data import Dataset
-from ecg_tune.errors import ConfigError
+from ecg_tune.errors import ConfigError, SearchInterrupted
 from ecg_tune.search.adapt import DataFacts
 from ecg_tune.search.cluster import DEFAULT_CONNECT_TIMEOUT, check_storage_shared, connect
 from ecg_tune.search.samplers import define_by_run, grid
@@ -64,6 +64,8 @@ class SearchOptions(BaseModel):
     # nodes that declare that resource (`ray start --resources '{"gpu_node": 1}'`)
     trial_resources: dict[str, float] = Field(default_factory=dict)
     keep_checkpoints: int = Field(1, ge=1)
+    # a search on a local storage stops (resumably) when less than this is free (storage_guard.py)
+    min_free_mb: float = Field(256.0, ge=0)
     max_failures: int = Field(MAX_TRIAL_FAILURES, ge=0)
     # A trial reuses a finished trial's worker process instead of starting (and importing torch
     # in) a new one: measured by `benchmark overhead`, see docs/benchmarks.md.
@@ -222,6 +224,7 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset,
     import ray
     from ray import tune
 
+    from ecg_tune.search.interrupts import InterruptWatch, start_watching, storage_guard, was_interrupted
     from ecg_tune.search.progress import SearchProgress
     from ecg_tune.search.trainable import train_trial  # imports ray.tune
 
@@ -277,14 +280,41 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=options.keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 callbacks=[SearchProgress(plan.metric, plan.max_epochs,
-                                          len(points) if points is not None else plan.num_samples)],
+                                          len(points) if points is not None else plan.num_samples),
+                           InterruptWatch(), *filter(None, [storage_guard(storage, int(options.min_free_mb * 2**20))])],
                 verbose=0,  # SearchProgress prints the progress instead
             ),
         )
     started = time.perf_counter()
-    results = tuner.fit()
+    start_watching()
+    try:
+        results = tuner.fit()
+    except Exception as exc:
+        _raise_if_full(storage, exc)
+        raise
+    if was_interrupted():
+        # Ctrl-C, SIGUSR1 or the storage guard: Tune saved the experiment and returned early.
+        raise SearchInterrupted(f"the search stopped before its end, its state saved ({len(results)} trials "
+                                f"started); continue it with --resume --out {out}")
     print(f"search finished in {time.perf_counter() - started:.0f} s", flush=True)
     return results, plan
+
+
+def _raise_if_full(storage: ExperimentStorage, error: BaseException) -> None:
+    """A full disk under the experiment as a one-line error (Tune fails in many places when it is)."""
+    import errno
+    import shutil
+
+    chain: BaseException | None = error
+    seen, full = 0, False
+    while chain is not None and seen < 20:
+        full = full or getattr(chain, "errno", None) == errno.ENOSPC or "No space left on device" in str(chain)
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    if storage.is_local:
+        full = full or shutil.disk_usage(storage.storage_path).free < 2**20
+    if full:
+        raise ConfigError(f"{storage.describe()}: no space left on the device; free space, then continue with "
+                          f"--resume (a trial interrupted by it continues from its last checkpoint)") from None
 
 
 def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: DataFacts, out: Path) -> Any:
