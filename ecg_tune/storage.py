@@ -73,6 +73,17 @@ class ExperimentStorage:
         scheme = self.root.split("://", 1)[0]
         return f"{scheme}://{self.experiment_path}"
 
+    def free_bytes(self) -> int | None:
+        """Free space under a local storage (None for a URI): of its nearest existing folder."""
+        if not self.is_local:
+            return None
+        import shutil
+
+        folder = Path(self.storage_path)
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return shutil.disk_usage(folder).free
+
     # reading ---------------------------------------------------------------------------------
 
     def exists(self) -> bool:

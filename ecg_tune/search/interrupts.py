@@ -17,7 +17,6 @@ figure to watch.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 from typing import Any
@@ -27,13 +26,18 @@ from ray.tune import Callback
 from ecg_tune.storage import ExperimentStorage
 
 STOP_SIGNALS = ("SIGINT", "SIGUSR1")
-# Process-wide: on --resume Tune runs the callbacks it unpickled from the experiment, not new ones.
+MIN_FREE_BYTES = 256 * 2**20
+CHECKPOINTS_OF_MARGIN = 4  # ... or this many of the largest checkpoint seen, whichever is more
+# Process-wide: on --resume Tune runs the callbacks it unpickled from the experiment, not new ones,
+# so what this run was told (--min-free-mb) must not live in them.
 _interrupted = threading.Event()
+_min_free = [MIN_FREE_BYTES]
 
 
-def start_watching() -> None:
-    """Forget an earlier search's interrupt (call before `fit`)."""
+def start_watching(min_free: int = MIN_FREE_BYTES) -> None:
+    """Forget an earlier search's interrupt and set this run's free-space floor (call before `fit`)."""
     _interrupted.clear()
+    _min_free[0] = min_free
 
 
 def was_interrupted() -> bool:
@@ -43,7 +47,8 @@ def was_interrupted() -> bool:
 class InterruptWatch(Callback):
     """Chains the flag in front of Tune's stop-signal handlers (see the module docstring)."""
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # Tune installs no handlers either then
         for name in STOP_SIGNALS:
@@ -60,14 +65,11 @@ class InterruptWatch(Callback):
             tune_handler(number, frame)
         return handler
 
-MIN_FREE_BYTES = 256 * 2**20
-CHECKPOINTS_OF_MARGIN = 4  # ... or this many of the largest checkpoint seen, whichever is more
 
 
 class StorageGuard(Callback):
-    def __init__(self, storage: ExperimentStorage, min_free: int = MIN_FREE_BYTES) -> None:
-        self.root = storage.storage_path
-        self.min_free = min_free
+    def __init__(self, storage: ExperimentStorage) -> None:
+        self.storage = storage
         self.largest_checkpoint = 0
         self.tripped = False
 
@@ -75,7 +77,7 @@ class StorageGuard(Callback):
         self.__dict__.update(state, tripped=False)  # a resumed search watches afresh
 
     def margin(self) -> int:
-        return max(self.min_free, CHECKPOINTS_OF_MARGIN * self.largest_checkpoint)
+        return max(_min_free[0], CHECKPOINTS_OF_MARGIN * self.largest_checkpoint)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         checkpoint = getattr(trial, "checkpoint", None)
@@ -87,15 +89,15 @@ class StorageGuard(Callback):
         if checkpoint_path and os.path.isdir(checkpoint_path):
             size = sum(entry.stat().st_size for entry in os.scandir(checkpoint_path) if entry.is_file())
             self.largest_checkpoint = max(self.largest_checkpoint, size)
-        free = shutil.disk_usage(self.root).free
-        if free < self.margin():
+        free = self.storage.free_bytes()
+        if free is not None and free < self.margin():
             self.tripped = True
-            print(f"stopping the search: {free / 2**20:.0f} MB left on {self.root}, below the "
+            print(f"stopping the search: {free / 2**20:.0f} MB left on {self.storage.storage_path}, below the "
                   f"{self.margin() / 2**20:.0f} MB it keeps free for checkpoints and state; free space, then "
                   f"continue with --resume", flush=True)
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def storage_guard(storage: ExperimentStorage, min_free: int = MIN_FREE_BYTES) -> StorageGuard | None:
+def storage_guard(storage: ExperimentStorage) -> StorageGuard | None:
     """The guard for a local storage; None for a URI."""
-    return StorageGuard(storage, min_free) if storage.is_local else None
+    return StorageGuard(storage) if storage.is_local else None

@@ -281,12 +281,12 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset,
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 callbacks=[SearchProgress(plan.metric, plan.max_epochs,
                                           len(points) if points is not None else plan.num_samples),
-                           InterruptWatch(), *filter(None, [storage_guard(storage, int(options.min_free_mb * 2**20))])],
+                           InterruptWatch(), *filter(None, [storage_guard(storage)])],
                 verbose=0,  # SearchProgress prints the progress instead
             ),
         )
     started = time.perf_counter()
-    start_watching()
+    start_watching(int(options.min_free_mb * 2**20))
     try:
         results = tuner.fit()
     except Exception as exc:
@@ -303,15 +303,14 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset,
 def _raise_if_full(storage: ExperimentStorage, error: BaseException) -> None:
     """A full disk under the experiment as a one-line error (Tune fails in many places when it is)."""
     import errno
-    import shutil
 
     chain: BaseException | None = error
     seen, full = 0, False
     while chain is not None and seen < 20:
         full = full or getattr(chain, "errno", None) == errno.ENOSPC or "No space left on device" in str(chain)
         chain, seen = chain.__cause__ or chain.__context__, seen + 1
-    if storage.is_local:
-        full = full or shutil.disk_usage(storage.storage_path).free < 2**20
+    free = storage.free_bytes()
+    full = full or (free is not None and free < 2**20)
     if full:
         raise ConfigError(f"{storage.describe()}: no space left on the device; free space, then continue with "
                           f"--resume (a trial interrupted by it continues from its last checkpoint)") from None
