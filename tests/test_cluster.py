@@ -124,3 +124,48 @@ def test_multi_node_needs_shared_storage(two_nodes, tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "Tune needs storage they all see: give --storage" in done.stderr
+
+
+@pytest.mark.slow  # about 1 minute here (55 s), with its own 3-node cluster
+def test_a_removed_node_s_trial_continues_on_another_node(tmp_path: Path) -> None:
+    """Trials run on nodes b and c (a `worker` resource); node b is removed once its trial has
+    reported 2 epochs: that trial continues on node c from its checkpoint, and no epoch it had
+    reported is trained again."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        node_b = cluster.add_node(num_cpus=1, resources={"worker": 1})
+        node_c = cluster.add_node(num_cpus=1, resources={"worker": 1})
+        cluster.wait_for_nodes()
+        raylets = {"b": node_b.all_processes["raylet"][0].process.pid,
+                   "c": node_c.all_processes["raylet"][0].process.pid}
+        store, out = tmp_path / "store", tmp_path / "out"
+        experiment = store / out.name / "experiment"
+        args = ["--space", "smoke", "--data", "synthetic:160", "--address", cluster.address, "--storage", str(store),
+                "--out", str(out), "--num-samples", "2", "--max-epochs", "6", "--scheduler", "fifo", "--cv", "1",
+                "--trial-resource", "worker=0.01", "--no-refit"]
+        with WorkerWatch(raylets) as watch:
+            search = subprocess.Popen([*SEARCH, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, cwd=ROOT)
+            moved, deadline = None, time.monotonic() + 400
+            while moved is None and time.monotonic() < deadline and search.poll() is None:
+                time.sleep(0.5)
+                for name, rows in trial_rows(experiment).items():
+                    if len(rows) >= 2 and watch.nodes.get(rows[-1]["pid"]) == "b":
+                        moved = name
+            assert moved is not None, "no trial reached epoch 2 on node b"
+            reported = len(trial_rows(experiment)[moved])
+            cluster.remove_node(node_b)
+            removed_at = time.monotonic()
+            output, _ = search.communicate(timeout=600)
+        assert search.returncode == 0, output[-3000:]
+        rows = trial_rows(experiment)
+        epochs = [row["training_iteration"] for row in rows[moved]]
+        assert epochs == list(range(1, 7)), epochs  # continued from its checkpoint: no epoch twice
+        assert {watch.nodes.get(row["pid"]) for row in rows[moved][reported:]} == {"c"}
+        assert all(len(trial) == 6 for trial in rows.values())
+        print(f"\nnode b removed after epoch {reported} of trial {moved[:20]}; it finished on node c "
+              f"{time.monotonic() - removed_at:.0f} s later with epochs {epochs}")
+    finally:
+        cluster.shutdown()
