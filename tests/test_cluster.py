@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ecg_tune.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "scripts" / "search.py")]
 
@@ -169,3 +171,36 @@ def test_a_removed_node_s_trial_continues_on_another_node(tmp_path: Path) -> Non
               f"{time.monotonic() - removed_at:.0f} s later with epochs {epochs}")
     finally:
         cluster.shutdown()
+
+
+def test_a_path_some_node_cannot_see_is_refused(two_nodes, tmp_path: Path, monkeypatch) -> None:
+    """The shared-storage check on the two-node cluster, with node b's answer replaced by "not
+    seen" (nodes on one machine share its disk; a node in its own mount namespace could not join
+    a loopback-only cluster here): the search is refused, naming the blind node, marker removed."""
+    import ray
+
+    from ecg_tune.search import cluster as cluster_module
+    from ecg_tune.storage import ExperimentStorage
+
+    test_cluster, _ = two_nodes
+    seen_markers: list[str] = []
+    real = cluster_module._nodes_see
+
+    def node_b_is_blind(nodes: list[dict], marker: str) -> list[bool]:
+        seen_markers.append(marker)
+        answers = real(nodes, marker)  # the real tasks, one pinned to each node
+        assert answers == [True, True]  # one machine: every node sees the driver's file
+        return [answers[0], False]
+
+    monkeypatch.setattr(cluster_module, "_nodes_see", node_b_is_blind)
+    ray.init(address=test_cluster.address, log_to_driver=False)
+    try:
+        storage = ExperimentStorage.for_search(str(tmp_path / "store"), tmp_path / "run")
+        with pytest.raises(ConfigError, match=r"not seen by 1 of 2 nodes \(127\.0\.0\.1\); give --storage a path"):
+            cluster_module.check_storage_shared(storage, given=True)
+        cluster_module.check_storage_shared(ExperimentStorage.for_search(
+            "s3://bucket/x?region=us-east-1&endpoint_override=127.0.0.1:9&scheme=http", tmp_path / "run"),
+                                            given=True)  # a URI is shared by definition
+    finally:
+        ray.shutdown()
+    assert seen_markers and not Path(seen_markers[0]).exists()
