@@ -1,4 +1,4 @@
-"""The exported model bundle (`model/`) and prediction with it.
+"""The exported model bundle (`model/`): writing it, loading it, predicting with it.
 
 A bundle classifies new recordings without the search: `weights.pt` (the network's state dict,
 loaded with `torch.load(..., weights_only=True)`), `svm.skops` for cnn_svm (loaded with no
@@ -7,27 +7,46 @@ the class names, the sampling rate and the preprocessing (normalisation, input l
 windowing; the transform's options are those it declares). Prediction reuses the data layer's
 tensors and the record-level windowed evaluation of training, so a bundle predicts exactly as the
 refit's test evaluation did.
+
+Loading checks every file before using it, so that a damaged or hand-edited bundle is a one-line
+error naming the file rather than a traceback or a silently different prediction: config.json
+against its schema and its `preprocessing` against its `config`; the weights' names, shapes,
+dtypes and finiteness against the network config.json describes; the SVM stage against the
+network's features and the classes.
+
+Format history (all of format 1, all loaded): until 1abb620 `preprocessing` listed wavelet,
+levels, wavelet_output and fourier_log for every transform (None where unused); since then only
+the transform's declared options. The config keys have only been added to since (the rocket_*
+keys with minirocket), so an older config takes today's defaults for the keys it lacks, which
+are the values it was trained with. A newer format is refused with the version it is.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data.records import Records
+from ecg_tune.data.sources import some_of
 from ecg_tune.data.tensors import to_tensors
-from ecg_tune.errors import DataError, EcgTuneError
+from ecg_tune.errors import ConfigError, DataError, EcgTuneError, validation_message
 from ecg_tune.models.svm import SVMStage
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities
 from ecg_tune.training.network import Network, build_network
 
 FORMAT_VERSION = 1
+META, WEIGHTS, SVM = "config.json", "weights.pt", "svm.skops"
 
 
 @dataclass
@@ -51,10 +70,16 @@ class Bundle:
 
 def save_bundle(folder: Path, network: Network, svm: SVMStage | None, config: TrainConfig,
                 classes: list[str], fs: float | None) -> Path:
+    """Write the bundle; each file is replaced whole, config.json last, so an interrupted export
+    never leaves a truncated file."""
+    import io
+
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, folder / "weights.pt")
+    weights = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
+    _replace(folder / WEIGHTS, weights.getvalue())
     if svm is not None:
-        (folder / "svm.skops").write_bytes(svm.to_bytes())
+        _replace(folder / SVM, svm.to_bytes())
     meta = {
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
@@ -71,35 +96,207 @@ def save_bundle(folder: Path, network: Network, svm: SVMStage | None, config: Tr
         },
         "svm": svm is not None,
     }
-    (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    _replace(folder / META, json.dumps(meta, indent=2).encode())
     return folder
 
 
+def _replace(path: Path, content: bytes) -> None:
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_bytes(content)
+    temporary.replace(path)
+
+
+class _Windowing(BaseModel):
+    window: int = Field(ge=16)
+    overlap: float = Field(ge=0, lt=1)
+
+
+class _Preprocessing(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the transform's options, by its declaration
+
+    normalisation: str
+    input_length: int = Field(ge=16)
+    transform: str
+    windowing: _Windowing
+
+
+class _Meta(BaseModel):
+    """config.json's schema (format 1); `config` is validated by TrainConfig."""
+
+    format_version: int
+    config: dict[str, Any]
+    classes: list[str] = Field(min_length=2)
+    fs: float | None = Field(gt=0, allow_inf_nan=False)
+    preprocessing: _Preprocessing
+    svm: bool
+
+
 def load_bundle(folder: str | Path, device: str | None = None) -> Bundle:
+    """The bundle in `folder`, every file checked (see the module docstring); any problem is an
+    EcgTuneError naming the file."""
     folder = Path(folder)
-    meta_path = folder / "config.json"
+    meta_path = folder / META
     if not meta_path.is_file():
-        raise EcgTuneError(f"{folder}: not a model bundle (no config.json)")
+        raise EcgTuneError(f"{folder}: not a model bundle (no {META})")
+    meta, config = _read_meta(meta_path)
+    input_length, n_classes = meta.preprocessing.input_length, len(meta.classes)
     try:
-        meta = json.loads(meta_path.read_text())
-        config = make_config(meta["config"], where=str(meta_path))
-        classes, input_length = list(meta["classes"]), int(meta["preprocessing"]["input_length"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EcgTuneError(f"{meta_path}: unreadable bundle config ({type(exc).__name__}: {exc})") from None
+        network = build_network(config, input_length, n_classes)
+    except EcgTuneError as exc:
+        raise ConfigError(f"{meta_path}: {exc}") from None
+    described = (f"the network {META} describes ({config.model}, {n_classes} classes, "
+                 f"input_length {input_length})")
+    _load_weights(folder / WEIGHTS, network, described)
+    network.eval()
+    uses_svm = bool(getattr(network.model, "uses_svm", False))
+    if meta.svm != uses_svm:
+        raise ConfigError(f"{meta_path}: svm is {str(meta.svm).lower()}, but model {config.model} "
+                          f"{'predicts with an SVM stage' if uses_svm else 'has no SVM stage'}")
+    svm = _load_svm(folder / SVM, network, n_classes) if uses_svm else None
     target = pick_device(device)
-    network = build_network(config, input_length, len(classes))
+    network.to(target)
+    return Bundle(network=network, svm=svm, config=config, classes=meta.classes, fs=meta.fs, device=target)
+
+
+def _read_meta(path: Path) -> tuple[_Meta, TrainConfig]:
+    """config.json, checked against its schema, its config validated and its preprocessing
+    compared with that config."""
     try:
-        network.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
-    except (OSError, RuntimeError, KeyError) as exc:
-        raise EcgTuneError(f"{folder / 'weights.pt'}: cannot load the weights ({exc})") from None
-    network.to(target).eval()
-    svm = None
-    if meta.get("svm"):
-        try:
-            svm = SVMStage.from_bytes((folder / "svm.skops").read_bytes())
-        except (OSError, ValueError) as exc:
-            raise EcgTuneError(f"{folder / 'svm.skops'}: cannot load the SVM stage ({exc})") from None
-    return Bundle(network=network, svm=svm, config=config, classes=classes, fs=meta.get("fs"), device=target)
+        content = json.loads(path.read_text())
+    except OSError as exc:
+        raise EcgTuneError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise EcgTuneError(f"{path}: not a text file (a bundle's {META} is JSON)") from None
+    except json.JSONDecodeError as exc:
+        raise EcgTuneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                           "damaged or edited") from None
+    if not isinstance(content, dict):
+        raise EcgTuneError(f"{path}: expected a JSON object with format_version, config, classes, "
+                           f"preprocessing, got {type(content).__name__}")
+    version = content.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise EcgTuneError(f"{path}: bundle format {version} was written by a newer ecg-tune; this one reads "
+                           f"format {FORMAT_VERSION} and earlier: upgrade ecg-tune to use this model")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise EcgTuneError(f"{path}: format_version must be a bundle format number such as {FORMAT_VERSION}, "
+                           f"got {version!r}")
+    try:
+        meta = _Meta.model_validate(content)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_message(exc)}") from None
+    config = make_config(meta.config, where=str(path))
+    if len(set(meta.classes)) != len(meta.classes):
+        raise ConfigError(f"{path}: classes: names repeat ({', '.join(meta.classes)})")
+    disagreement = _preprocessing_disagreement(meta.preprocessing, config)
+    if disagreement:
+        raise ConfigError(f"{path}: {disagreement} (edited by hand? the two are written together)")
+    return meta, config
+
+
+def _preprocessing_disagreement(given: _Preprocessing, config: TrainConfig) -> str | None:
+    """Where config.json's `preprocessing` (a description for the reader) contradicts its
+    `config` (what the network is built from), or None."""
+    options = given.model_extra or {}
+    pairs = [("normalisation", given.normalisation, config.normalisation),
+             ("transform", given.transform, config.transform),
+             ("input_length", given.input_length, config.input_length),  # None: the data's median
+             ("windowing: window", given.windowing.window, given.input_length),
+             ("windowing: overlap", given.windowing.overlap, config.window_overlap),
+             # An older layout lists other transforms' options as None: only values count.
+             *((key, options.get(key), value) for key, value in config.part_options("transform").items())]
+    for key, found, expected in pairs:
+        if found is not None and expected is not None and found != expected:
+            return f"preprocessing: {key} is {found!r}, but the config's is {expected!r}"
+    return None
+
+
+def _load_weights(path: Path, network: Network, described: str) -> None:
+    """The state dict in `path`, loaded into `network` only once it is known to fit it exactly."""
+    if not path.is_file():
+        raise EcgTuneError(f"{path}: {'not a file' if path.exists() else 'missing'} "
+                           f"(a bundle holds {META}, {WEIGHTS} and, for cnn_svm, {SVM})")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a file it then refuses: the error says it.
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _refusal_reason(exc)
+        if "GLOBAL" in reason:
+            raise EcgTuneError(f"{path}: refused: it holds Python objects, not only tensors, and loading them "
+                               f"could run code ({reason})") from None
+        raise EcgTuneError(f"{path}: not a PyTorch weights file (torch.load refused it: {reason})") from None
+    except Exception as exc:  # torch raises many types (EOFError, RuntimeError, ...) for damaged files
+        first = str(exc).split(". ")[0] or "empty or cut short"
+        raise EcgTuneError(f"{path}: not a PyTorch weights file, or a damaged one ({type(exc).__name__}: "
+                           f"{first})") from None
+    problem = _state_mismatch(state, network.state_dict())
+    if problem:
+        raise EcgTuneError(f"{path}: does not fit {described}: {problem}; the files are damaged, edited or "
+                           "from different bundles")
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if broken:
+        raise EcgTuneError(f"{path}: NaN or infinite values in {some_of(broken)} (a training that diverged, "
+                           "or a damaged file)")
+    network.load_state_dict(state)
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """What torch's weights_only refusal says it refused, in one line (the rest of its message is
+    advice on loading the file anyway, which is what this module must not do)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = text.rpartition("WeightsUnpickler error:")[2].strip()
+    else:
+        advice = ("Weights only load failed", "Check the documentation")
+        paragraphs = [p.strip() for p in text.split("\n\n") if p.strip() and not p.strip().startswith(advice)]
+        reason = paragraphs[0] if paragraphs else "content other than tensors"
+    return reason.split(". ")[0].splitlines()[0].strip().rstrip(".")
+
+
+def _state_mismatch(state: Any, expected: dict[str, torch.Tensor]) -> str | None:
+    """What keeps `state` from being loaded as `expected` exactly, or None."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a state dict of tensors"
+    missing = [key for key in expected if key not in state]
+    extra = [str(key) for key in state if key not in expected]
+    if missing or extra:
+        return "; ".join(([f"{len(missing)} tensor(s) missing: {some_of(missing)}"] if missing else [])
+                         + ([f"{len(extra)} unexpected: {some_of(extra)}"] if extra else []))
+    for key, want in expected.items():
+        have = state[key]
+        if not isinstance(have, torch.Tensor):
+            return f"{key} is a {type(have).__name__}, not a tensor"
+        if have.shape != want.shape:
+            return f"{key} has shape {list(have.shape)}, the network's is {list(want.shape)}"
+        if have.dtype != want.dtype:
+            return f"{key} is {have.dtype}, the network's is {want.dtype}"
+    return None
+
+
+def _load_svm(path: Path, network: Network, n_classes: int) -> SVMStage:
+    """The SVM stage in `path`, checked to take the network's features and give `n_classes`
+    probabilities."""
+    try:
+        svm = SVMStage.from_bytes(path.read_bytes())
+    except OSError as exc:
+        raise EcgTuneError(f"{path}: cannot read the SVM stage ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise EcgTuneError(f"{path}: {exc}") from None
+    if svm.n_classes_ != n_classes:
+        raise EcgTuneError(f"{path}: the SVM stage gives {svm.n_classes_} classes, {META} names {n_classes}")
+    # One prediction on a blank input proves the stage takes these features (sklearn's error
+    # would otherwise surface, as a traceback, at the first real prediction).
+    with torch.no_grad():
+        features = network.features(torch.zeros(1, network.input_length)).numpy()
+    try:
+        probabilities = svm.predict_proba(features)
+    except Exception as exc:  # sklearn raises ValueError, AttributeError, ... for a mismatched stage
+        raise EcgTuneError(f"{path}: the SVM stage does not fit the network's {features.shape[1]} features "
+                           f"({type(exc).__name__}: {exc})") from None
+    if probabilities.shape != (1, n_classes) or not math.isfinite(float(probabilities.sum())):
+        raise EcgTuneError(f"{path}: the SVM stage gives no usable probabilities for the network's features")
+    return svm
 
 
 def at_rate(records: Records, bundle_fs: float | None, assumed_fs: float | None = None) -> Records:
@@ -109,12 +306,18 @@ def at_rate(records: Records, bundle_fs: float | None, assumed_fs: float | None 
     from scipy.signal import resample_poly
 
     fs = records.fs or assumed_fs
+    if fs is not None and not (math.isfinite(fs) and fs > 0):
+        given = " (--fs)" if records.fs is None else ""
+        raise DataError(f"{records.source}: the sampling rate must be a positive number of Hz, got {fs:g}{given}")
     if bundle_fs is None or fs is None or abs(fs - bundle_fs) < 1e-9:
         if bundle_fs is not None and fs is None:
             raise DataError(f"{records.source}: the sampling rate is unknown and the model expects "
                             f"{bundle_fs:g} Hz; give it with --fs")
         return records
     ratio = Fraction(bundle_fs / fs).limit_denominator(1000)
+    if ratio.numerator == 0:
+        raise DataError(f"{records.source}: {fs:g} Hz is too far from the model's {bundle_fs:g} Hz to resample "
+                        "(more than 1000:1)")
     signals = [resample_poly(s.astype(np.float64), ratio.numerator, ratio.denominator).astype(np.float32)
                for s in records.signals]
     return Records(signals=signals, labels=records.labels, classes=records.classes,

@@ -3,6 +3,11 @@
 A cached dataset is keyed by the source's absolute path, the reader options and the size and
 modification time of every file the source consists of, so an edited or added file makes a new
 entry. `ECG_TUNE_CACHE` overrides the folder; `ECG_TUNE_CACHE=off` turns caching off.
+
+An entry carries a SHA-256 digest of its content (records, signals, labels, metadata), checked on
+every read: a damaged entry raises instead of handing back different data (a flipped byte in a
+Parquet data page otherwise decodes to other samples without any error), and the caller re-reads
+the source. Hashing costs about 0.2 s per 300 MB of samples.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ import pyarrow.parquet as pq
 from ecg_tune.data.records import Records
 
 # Bump when a reader's output changes, so old entries are not reused.
-CACHE_VERSION = 1
+# 2: entries carry their content digest (entries of 1 could not be checked).
+CACHE_VERSION = 2
+
+
+class DamagedEntry(Exception):
+    """A cache entry that is not what this module wrote (the caller re-reads the source)."""
 
 
 def cache_dir() -> Path | None:
@@ -85,7 +95,10 @@ def write_records(records: Records, path: Path) -> None:
         "has_groups": records.groups is not None,
         "has_split": records.split is not None,
     }
-    table = pa.table(columns).replace_schema_metadata({"ecg_tune": json.dumps(meta)})
+    table = pa.table(columns)
+    offsets, flat = _signal_arrays(table)
+    meta["digest"] = _digest(table, meta, offsets, flat)
+    table = table.replace_schema_metadata({"ecg_tune": json.dumps(meta)})
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(handle)
@@ -98,11 +111,19 @@ def write_records(records: Records, path: Path) -> None:
 
 
 def read_records(path: Path) -> Records:
+    """An entry written by `write_records`; raises (DamagedEntry, or pyarrow's errors) for
+    anything else, including an entry whose content no longer matches its digest."""
     table = pq.read_table(path)
-    meta = json.loads(table.schema.metadata[b"ecg_tune"])
-    signal = table.column("signal").combine_chunks()
-    offsets = signal.offsets.to_numpy()
-    flat = signal.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    raw = (table.schema.metadata or {}).get(b"ecg_tune")
+    if raw is None:
+        raise DamagedEntry("no ecg_tune metadata")
+    meta = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise DamagedEntry("damaged ecg_tune metadata")
+    recorded = meta.pop("digest", None)
+    offsets, flat = _signal_arrays(table)
+    if recorded != _digest(table, meta, offsets, flat):
+        raise DamagedEntry("content does not match its digest")
     signals = [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
     return Records(
         signals=signals,
@@ -114,3 +135,21 @@ def read_records(path: Path) -> Records:
         split=table.column("split").to_pylist() if meta["has_split"] else None,
         source=meta["source"],
     )
+
+
+def _signal_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The signal column as record offsets and the flat float32 samples."""
+    signal = table.column("signal").combine_chunks()
+    offsets = signal.offsets.to_numpy()
+    flat = signal.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return offsets - offsets[0], flat[offsets[0]:offsets[-1]]
+
+
+def _digest(table: pa.Table, meta: dict, offsets: np.ndarray, flat: np.ndarray) -> str:
+    """SHA-256 of everything an entry gives back, computed the same way on write and read."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in ("record", "label", "group", "split"):
+        digest.update(json.dumps(table.column(name).to_pylist()).encode())
+    digest.update(np.ascontiguousarray(offsets, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(flat).tobytes())
+    return digest.hexdigest()

@@ -8,11 +8,18 @@ so that every later stage (search, refit, test evaluation) uses the same test re
 Cross-validation folds (`make_folds`) are dealt from the train + val records of a split and its
 seed, never saved: the same split.csv and seed give the same folds to a search, its resume and
 its refit, and split.csv keeps its three parts.
+
+`load_split` takes a split file only as `save_split` could have written it: each record of the
+data once, no other records, known part names, every part non-empty (what `make_split`
+guarantees); anything else is a one-line DataError naming the file. `split_digest` fingerprints
+which record is in which part, so that a stage that knows the digest of the split a search used
+can refuse a split.csv edited since.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -39,17 +46,21 @@ def make_split(records: Records, val_fraction: float = 0.15, test_fraction: floa
     fractions = {part: f for part, f in (("val", val_fraction), ("test", test_fraction)) if part not in set(split)}
     if fractions:
         _carve(records, split, fractions, seed)
+    _require_parts(records, split, where,
+                   f"{len(records)} records are too few for a train/val/test split (the {{part}} part would be empty)")
+    return split
+
+
+def _require_parts(records: Records, split: np.ndarray, where: str, empty: str) -> None:
+    """Every part holds records and the train part at least two classes; `empty` words the error
+    for an empty part (with `{part}`)."""
     for part in PARTS:
         if not (split == part).any():
-            raise DataError(
-                f"{where}: {len(records)} records are too few for a train/val/test split "
-                f"(the {part} part would be empty)"
-            )
-    assert records.labels is not None  # require_labels above
-    train_classes = {records.classes[i] for i in records.labels[split == "train"]}
-    if len(train_classes) < 2:
-        raise DataError(f"{where}: the train part has a single class ({some_of(sorted(train_classes))})")
-    return split
+            raise DataError(f"{where}: " + empty.format(part=part))
+    if records.labels is not None:
+        train_classes = {records.classes[i] for i in records.labels[split == "train"]}
+        if len(train_classes) < 2:
+            raise DataError(f"{where}: the train part has a single class ({some_of(sorted(train_classes))})")
 
 
 def require_labels(records: Records) -> None:
@@ -165,22 +176,66 @@ def save_split(records: Records, split: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def load_split(path: str | Path, records: Records) -> np.ndarray:
-    """Read a `split.csv` back, in the order of `records`; every record must be in it."""
+def load_split(path: str | Path, records: Records, expected_digest: str | None = None) -> np.ndarray:
+    """Read a `split.csv` back, in the order of `records` (see the module docstring for what it
+    must hold). `expected_digest`: the `split_digest` of the split a search used; a file whose
+    split differs is refused, since the search's results were measured on the other one."""
     path = Path(path)
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read split file ({exc})") from None
-    if not rows or set(rows[0]) != {"record", "split"}:
-        raise DataError(f"{path}: expected a CSV with columns record,split")
-    assigned = {row["record"]: row["split"] for row in rows}
+    assigned = _read_split_rows(path)
+    unknown_parts = sorted({part for part in assigned.values() if part not in (*PARTS, UNUSED)})
+    if unknown_parts:
+        raise DataError(f"{path}: unknown split names {some_of([repr(p) for p in unknown_parts])} "
+                        f"(expected train, val, test or {UNUSED})")
+    known = set(records.record_ids)
+    strangers = [rid for rid in assigned if rid not in known]
+    if strangers:
+        raise DataError(f"{path}: {len(strangers)} record(s) not in {records.source or 'the data'}: "
+                        f"{some_of(strangers)} (a split file of other data?)")
     missing = [rid for rid in records.record_ids if rid not in assigned]
     if missing:
         raise DataError(f"{path}: {len(missing)} record(s) of {records.source} are not in the split file: "
                         f"{some_of(missing)}")
-    unknown = sorted({s for s in assigned.values() if s not in (*PARTS, UNUSED)})
-    if unknown:
-        raise DataError(f"{path}: unknown split names {some_of(unknown)} (expected train, val, test or {UNUSED})")
-    return np.array([assigned[rid] for rid in records.record_ids], dtype=object)
+    split = np.array([assigned[rid] for rid in records.record_ids], dtype=object)
+    _require_parts(records, split, str(path), "the {part} part is empty")
+    found = split_digest(records, split)
+    if expected_digest is not None and found != expected_digest:
+        raise DataError(f"{path}: not the split the search used (it was edited or replaced since: its "
+                        f"digest is {found}, the search recorded {expected_digest}); restore it, or run a new search")
+    return split
+
+
+def split_digest(records: Records, split: np.ndarray) -> str:
+    """A fingerprint of which record is in which part, whatever the row order."""
+    digest = hashlib.sha256()
+    for record, part in sorted(zip(records.record_ids, (str(p) for p in split), strict=True)):
+        digest.update(f"{record}\t{part}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _read_split_rows(path: Path) -> dict[str, str]:
+    """record -> part from a record,split CSV (either column order, a spreadsheet's byte-order
+    mark and spaces around fields allowed), refusing anything that is not one row per record."""
+    try:
+        # utf-8-sig: spreadsheets save CSV with a byte-order mark.
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = [[field.strip() for field in row] for row in csv.reader(handle)]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the split file ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a CSV text file of record,split rows ({type(exc).__name__})") from None
+    numbered = [(line, row) for line, row in enumerate(rows, start=1) if any(row)]  # blank lines are harmless
+    if not numbered or sorted(numbered[0][1]) != ["record", "split"]:
+        raise DataError(f"{path}: expected a CSV with columns record,split")
+    record_column = numbered[0][1].index("record")
+    assigned: dict[str, str] = {}
+    repeated = []
+    for line, row in numbered[1:]:
+        if len(row) != 2 or not row[record_column]:
+            raise DataError(f"{path}: line {line} is not a record,split row ({','.join(row)!r})")
+        record, part = row[record_column], row[1 - record_column]
+        if record in assigned:
+            repeated.append(record)
+        assigned[record] = part
+    if repeated:
+        raise DataError(f"{path}: record(s) listed more than once: {some_of(sorted(set(repeated)))}")
+    return assigned

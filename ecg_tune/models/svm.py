@@ -194,18 +194,56 @@ class SVMStage:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SVMStage:
-        """Load `to_bytes` output, refusing any type skops does not trust by default."""
+        """Load `to_bytes` output, refusing any type skops does not trust by default.
+
+        Raises ValueError with a one-line reason for bytes that are not such output: damaged,
+        holding untrusted types, or holding something other than a fitted stage.
+        """
         import skops.io as sio
 
-        untrusted = sio.get_untrusted_types(data=blob)
+        if not blob:
+            raise ValueError("empty file (not a skops file)")
+        try:
+            untrusted = sio.get_untrusted_types(data=blob)
+        except Exception as exc:  # zipfile, json and skops raise many types for damaged bytes
+            raise ValueError(f"not a skops file, or a damaged one ({type(exc).__name__}: {exc})") from None
         if untrusted:
             raise ValueError(f"refusing to load an SVM stage with untrusted types: {', '.join(untrusted)}")
-        state = sio.loads(blob)
-        stage = cls(**state["params"])
-        stage.pipeline = state["pipeline"]
-        stage.temperature_ = state["temperature"]
-        stage.n_classes_ = state["n_classes"]
-        stage.classes_ = np.array(state["classes"], dtype=np.int64)
+        try:
+            state = sio.loads(blob, trusted=None)  # None: skops' default trusted types only
+        except Exception as exc:  # a damaged member of an intact archive
+            raise ValueError(f"a damaged skops file ({type(exc).__name__}: {exc})") from None
+        return cls._from_state(state)
+
+    @classmethod
+    def _from_state(cls, state: object) -> SVMStage:
+        """A stage from the mapping `to_bytes` saves, checked so that a hand-made one fails here,
+        in one line, rather than at its first prediction."""
+        keys = {"pipeline", "temperature", "n_classes", "classes", "params"}
+        if not isinstance(state, dict) or set(state) != keys:
+            found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not an SVM stage (expected the keys {', '.join(sorted(keys))}; found {found})")
+        pipeline, temperature, n_classes, classes = (state[k] for k in ("pipeline", "temperature", "n_classes",
+                                                                         "classes"))
+        if not (isinstance(pipeline, Pipeline) and hasattr(pipeline, "n_features_in_")
+                and hasattr(pipeline[-1], "classes_")):
+            raise ValueError(f"not an SVM stage (its pipeline is a {type(pipeline).__name__}, not a fitted Pipeline)")
+        if not (isinstance(temperature, float) and np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        whole = isinstance(n_classes, int) and not isinstance(n_classes, bool)
+        if not (whole and isinstance(classes, list) and all(type(c) is int for c in classes)
+                and classes == sorted(set(classes)) and all(0 <= c < n_classes for c in classes)
+                and np.array_equal(np.asarray(pipeline[-1].classes_), classes)):
+            raise ValueError(f"classes {classes!r} of n_classes {n_classes!r} do not match its fitted pipeline")
+        params = state["params"]
+        try:
+            stage = cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"params: {exc}") from None
+        stage.pipeline = pipeline
+        stage.temperature_ = temperature
+        stage.n_classes_ = n_classes
+        stage.classes_ = np.array(classes, dtype=np.int64)
         return stage
 
 
