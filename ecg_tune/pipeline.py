@@ -21,6 +21,7 @@ from typing import Any
 from ecg_tune.config import TrainConfig, load_config, make_config
 from ecg_tune.data import Dataset, prepare
 from ecg_tune.data.sources import LabelColumn
+from ecg_tune.data.split import split_digest
 from ecg_tune.errors import ConfigError
 from ecg_tune.refit import RefitOptions, RefitResult, run_refit
 from ecg_tune.runs import BestConfig, RunFolder, is_best_config, read_best_config
@@ -48,9 +49,11 @@ class DataOptions:
     label_column: LabelColumn | None = None
     split_file: Path | None = None  # a split.csv to use instead of a new split
     seed: int = 0
+    split_digest: str | None = None  # what split_file must hold (a search's split, as recorded)
 
     def load(self) -> Dataset:
-        return prepare(self.source, label_column=self.label_column, split_file=self.split_file, seed=self.seed)
+        return prepare(self.source, label_column=self.label_column, split_file=self.split_file, seed=self.seed,
+                       split_digest=self.split_digest)
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,8 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: SearchSpa
     run.write_storage(storage)
     results, plan = run_search(search, space, dataset, storage)
     best = write_results(results, run, plan.metric, plan.max_epochs, search.seed, dataset.records.source,
-                         threads=max(1, int(plan.cpus_per_trial)), cv=plan.folds)
+                         threads=max(1, int(plan.cpus_per_trial)), cv=plan.folds,
+                         split_digest=split_digest(dataset.records, dataset.split))
     spread = f" (mean of {best.cv} folds, std {best.spread:.4f})" if best.spread is not None else ""
     log(f"best {plan.metric} {best.score:.4f}{spread} at epoch {best.epoch} (trial {best.trial_id}): "
         f"{_json(best.config)}")
@@ -179,12 +183,13 @@ def train_options(config_file: str | None, overrides: dict[str, Any], source: st
     """
     config = load_config(config_file, overrides) if config_file else make_config(overrides, where="--set")
     seed = config.seed
+    digest = None
     if config_file and is_best_config(config_file):
         best = read_best_config(Path(config_file))
         source = source or best.data
         sibling = Path(config_file).parent / "split.csv"
         if split_file is None and sibling.is_file() and source == best.data:
-            split_file = str(sibling)
+            split_file, digest = str(sibling), best.split_digest
             log(f"using the search's split {split_file}")
         if threads is None and best.threads:
             threads = best.threads
@@ -192,7 +197,7 @@ def train_options(config_file: str | None, overrides: dict[str, Any], source: st
         if best.cv > 1:
             log(f"the search scored this config by {best.cv}-fold cross-validation; train runs the "
                 f"split's train and val parts once")
-    data = DataOptions(source or "synthetic", label_column, Path(split_file) if split_file else None, seed)
+    data = DataOptions(source or "synthetic", label_column, Path(split_file) if split_file else None, seed, digest)
     return TrainOptions(config=config, data=data, out=out, device=device, threads=threads)
 
 

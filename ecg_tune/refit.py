@@ -142,7 +142,7 @@ def refit_setup(run: RunFolder) -> RefitSetup:
     best = run.best()
     lr_schedule = lr_schedule_of(run, best)
     config = make_config({**best.config, "epochs": len(lr_schedule)}, where=str(run.best_config_path))
-    dataset = prepare(best.data, split_file=run.split_path, seed=config.seed)
+    dataset = prepare(best.data, split_file=run.split_path, seed=config.seed, split_digest=best.split_digest)
     train_index, test_index = dataset.index("train", "val"), dataset.index("test")
     # The SVM stage is fitted on all the refit's training records, not a subsample.
     config = config.with_updates(svm_max_train=max(config.value("svm_max_train"), len(train_index)))

@@ -25,10 +25,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError
 
 from ecg_tune.data import Dataset
 from ecg_tune.data.split import save_split
-from ecg_tune.errors import EcgTuneError
+from ecg_tune.errors import EcgTuneError, validation_message
 from ecg_tune.storage import ExperimentStorage
 from ecg_tune.training.metrics import SPREAD_SUFFIX
 
@@ -52,6 +53,9 @@ class BestConfig:
     # so `ecg-tune train` uses the same count to repeat the trial bit for bit on a CPU.
     threads: int = 1
     cv: int = 1  # cross-validation folds each trial was scored on (1: the split's val part)
+    # data.split.split_digest of the split the search used (None: written before it was recorded);
+    # the refit and `train --config` refuse a split.csv that no longer has it.
+    split_digest: str | None = None
 
     @property
     def score(self) -> float:
@@ -228,16 +232,45 @@ class RunFolder:
         return dict(json.loads(self.report_path.read_text()))
 
 
+class _BestConfigFile(BaseModel):
+    """best_config.json as `write_best` writes it (older files lack metric, threads, cv and
+    split_digest); a damaged or hand-edited file fails here with the key and the problem."""
+
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    epoch: StrictInt = Field(ge=1)
+    trial_id: StrictStr
+    metric: StrictStr = "val_macro_f1"
+    data: StrictStr
+    threads: StrictInt | None = Field(None, ge=1)
+    cv: StrictInt | None = Field(None, ge=1)
+    split_digest: StrictStr | None = None
+
+
 def read_best_config(path: Path) -> BestConfig:
-    """A best_config.json, wherever it is (`ecg-tune train --config` takes one)."""
+    """A best_config.json, wherever it is (`ecg-tune train --config` takes one), checked: a
+    damaged or hand-edited file is a one-line error naming the file and the key."""
+    from ecg_tune.config import make_config
+
     try:
         content = json.loads(path.read_text())
-        return BestConfig(config=dict(content["config"]), metrics=dict(content["metrics"]),
-                          epoch=int(content["epoch"]), trial_id=str(content["trial_id"]),
-                          metric=str(content.get("metric", "val_macro_f1")), data=str(content["data"]),
-                          threads=int(content.get("threads") or 1), cv=int(content.get("cv") or 1))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except OSError as exc:
+        raise EcgTuneError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise EcgTuneError(f"{path}: not a search's best_config.json ({type(exc).__name__}: {exc})") from None
+    if not isinstance(content, dict):
+        raise EcgTuneError(f"{path}: not a search's best_config.json (a JSON {type(content).__name__}, not an object)")
+    try:
+        fields = _BestConfigFile.model_validate(content)
+    except ValidationError as exc:
+        raise EcgTuneError(f"{path}: {validation_message(exc)}") from None
+    if "metric" in content and fields.metric not in fields.metrics:
+        raise EcgTuneError(f"{path}: metric {fields.metric!r} is not among its metrics "
+                           f"({', '.join(sorted(fields.metrics))})")
+    make_config(fields.config, where=str(path))  # every reader gets a config that validates
+    return BestConfig(config=fields.config, metrics=fields.metrics, epoch=fields.epoch, trial_id=fields.trial_id,
+                      metric=fields.metric, data=fields.data, threads=fields.threads or 1, cv=fields.cv or 1,
+                      split_digest=fields.split_digest)
 
 
 def is_best_config(path: str | Path) -> bool:

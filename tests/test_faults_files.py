@@ -14,9 +14,6 @@ The default run builds one run folder per module in-process with the writers a s
 damaged file through is caught before any training starts); predict's and refit's scripts run as
 processes once each. The slow tests add train's script and a real search's run folder, damaged
 once per file kind, through the scripts.
-
-What runs.py (not this change's file) does not check yet is marked: strict xfails for
-best_config.json, a skip for the refit's check that split.csv is still the search's split.
 """
 
 from __future__ import annotations
@@ -456,55 +453,49 @@ def test_refit_refuses_a_split_edited_since_the_search(run: Path, capsys: pytest
 # --- best_config.json -----------------------------------------------------------------------
 
 BOTH = ("refit", "train")
-# What runs.read_best_config (or refit.py before it) lets through today, by command: not this
-# change's files; the change that makes these pass is in issue 16's report. They are strict
-# xfails, so that the fix shows up as XPASS and the marks can go.
 BEST_CASES = [
-    pytest.param(write(""), "best_config.json", (), id="empty"),
-    pytest.param(cut_short, "best_config.json", (), id="truncated"),
-    pytest.param(write("config: {}\n"), "best_config.json", (), id="yaml-not-json"),
-    pytest.param(write(BINARY), "best_config.json", (), id="binary"),
-    pytest.param(write("[]"), "best_config.json", (), id="a-list"),
-    pytest.param(edit_json(lambda best: best.pop("epoch")), "epoch", (), id="no-epoch"),
-    pytest.param(edit_json(lambda best: best.pop("data")), "data", (), id="no-data"),
+    pytest.param(write(""), "best_config.json", id="empty"),
+    pytest.param(cut_short, "best_config.json", id="truncated"),
+    pytest.param(write("config: {}\n"), "best_config.json", id="yaml-not-json"),
+    pytest.param(write(BINARY), "best_config.json", id="binary"),
+    pytest.param(write("[]"), "best_config.json", id="a-list"),
+    pytest.param(edit_json(lambda best: best.pop("epoch")), "epoch", id="no-epoch"),
+    pytest.param(edit_json(lambda best: best.pop("data")), "data", id="no-data"),
     pytest.param(edit_json(lambda best: best["config"].update(transform="wavelet", levels=-3)),
-                 "levels: must be at least 1, got -3", (), id="levels-negative"),
-    pytest.param(edit_json(lambda best: best["config"].update(model="vgg")), "unknown model 'vgg'", (),
+                 "levels: must be at least 1, got -3", id="levels-negative"),
+    pytest.param(edit_json(lambda best: best["config"].update(model="vgg")), "unknown model 'vgg'",
                  id="unknown-model"),
-    pytest.param(edit_json(lambda best: best["config"].update(colour="red")), "colour: unknown key", (),
+    pytest.param(edit_json(lambda best: best["config"].update(colour="red")), "colour: unknown key",
                  id="unknown-key"),
     pytest.param(edit_json(lambda best: best["config"].update(lr="fast")), "lr: Input should be a valid number",
-                 ("refit",), id="string-for-float"),
-    pytest.param(edit_json(lambda best: best.update(epoch="one")), "epoch: Input should be a valid integer", BOTH,
+                 id="string-for-float"),
+    pytest.param(edit_json(lambda best: best.update(epoch="one")), "epoch: Input should be a valid integer",
                  id="epoch-a-string"),
-    pytest.param(edit_json(lambda best: best.update(epoch=-3)), "epoch: must be at least 1, got -3", BOTH,
+    pytest.param(edit_json(lambda best: best.update(epoch=-3)), "epoch: must be at least 1, got -3",
                  id="epoch-negative"),
-    pytest.param(edit_json(lambda best: best.update(epoch=1.5)), "epoch: Input should be a valid integer", BOTH,
+    pytest.param(edit_json(lambda best: best.update(epoch=1.5)), "epoch: Input should be a valid integer",
                  id="epoch-fraction"),
-    pytest.param(edit_json(lambda best: best.update(epoch=True)), "epoch: Input should be a valid integer", BOTH,
+    pytest.param(edit_json(lambda best: best.update(epoch=True)), "epoch: Input should be a valid integer",
                  id="epoch-boolean"),
-    pytest.param(edit_json(lambda best: best.update(data=5)), "data: Input should be a valid string", BOTH,
+    pytest.param(edit_json(lambda best: best.update(data=5)), "data: Input should be a valid string",
                  id="data-a-number"),
     pytest.param(edit_json(lambda best: best.update(metric="val_nope")), "metric 'val_nope' is not among its metrics",
-                 BOTH, id="metric-unknown"),
+                 id="metric-unknown"),
     pytest.param(edit_json(lambda best: best["metrics"].update(val_cinc_f1="high")),
-                 "metrics: val_cinc_f1: Input should be a valid number", BOTH, id="metric-a-string"),
-    pytest.param(edit_json(lambda best: best.update(threads="two")), "threads: Input should be a valid integer", BOTH,
+                 "metrics: val_cinc_f1: Input should be a valid number", id="metric-a-string"),
+    pytest.param(edit_json(lambda best: best.update(threads="two")), "threads: Input should be a valid integer",
                  id="threads-a-string"),
-    pytest.param(edit_json(lambda best: best.update(threads=-2)), "threads: must be at least 1, got -2", BOTH,
+    pytest.param(edit_json(lambda best: best.update(threads=-2)), "threads: must be at least 1, got -2",
                  id="threads-negative"),
-    pytest.param(edit_json(lambda best: best.update(cv=-1)), "cv: must be at least 1, got -1", BOTH, id="cv-negative"),
+    pytest.param(edit_json(lambda best: best.update(cv=-1)), "cv: must be at least 1, got -1", id="cv-negative"),
 ]
 
 
 @pytest.mark.parametrize("command", BOTH)
-@pytest.mark.parametrize("corrupt,words,pending", BEST_CASES)
+@pytest.mark.parametrize("corrupt,words", BEST_CASES)
 def test_damaged_best_config_is_one_line_naming_the_file(run: Path, capsys: pytest.CaptureFixture[str],
-                                                         request: pytest.FixtureRequest, command: str,
-                                                         corrupt: Callable[[Path], None], words: str,
-                                                         pending: tuple[str, ...]) -> None:
-    if command in pending:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="runs.read_best_config does not check this yet"))
+                                                         command: str, corrupt: Callable[[Path], None],
+                                                         words: str) -> None:
     corrupt(run / "best_config.json")
     line = one_line_error(command, run, capsys)
     assert "best_config.json" in line and words in line, line

@@ -98,12 +98,13 @@ class Dataset:
 
 
 def prepare(source: str, label_column: LabelColumn | None = None, split_file: str | Path | None = None,
-            seed: int = 0, progress: bool = True) -> Dataset:
-    """Load a labelled source, split it (or read `split_file`), and build its tensors."""
+            seed: int = 0, progress: bool = True, split_digest: str | None = None) -> Dataset:
+    """Load a labelled source, split it (or read `split_file`, which must have `split_digest`
+    when one is given), and build its tensors."""
     from ecg_tune.data.split import load_split, make_split, require_labels
     from ecg_tune.data.tensors import to_tensors
 
     records = load(source, label_column=label_column, progress=progress)
     require_labels(records)
-    split = load_split(split_file, records) if split_file else make_split(records, seed=seed)
+    split = load_split(split_file, records, split_digest) if split_file else make_split(records, seed=seed)
     return Dataset(records=records, tensors=to_tensors(records), split=split)

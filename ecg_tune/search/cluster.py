@@ -48,7 +48,9 @@ def connect(address: str | None, connect_timeout: float = DEFAULT_CONNECT_TIMEOU
         kwargs["include_dashboard"] = dashboard
         if dashboard:
             kwargs["dashboard_host"] = "127.0.0.1"
-        context = ray.init(**kwargs)
+        # "local": always a new cluster of this process, never one a `ray start` left running here
+        # (ray.init() alone may join that one, e.g. through RAY_ADDRESS).
+        context = ray.init(address="local", **kwargs)
         if dashboard and getattr(context, "dashboard_url", None):
             print(f"Ray dashboard: http://{context.dashboard_url} (token: ~/.ray/auth_token)", flush=True)
         return

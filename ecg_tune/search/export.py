@@ -64,7 +64,7 @@ def pick_best(records: list[TrialRecord], metric: str, where: Path) -> TrialReco
 
 
 def write_results(results: Any, run: RunFolder, metric: str, max_epochs: int, seed: int, data: str,
-                  threads: int = 1, cv: int = 1) -> BestConfig:
+                  threads: int = 1, cv: int = 1, split_digest: str | None = None) -> BestConfig:
     """trials.csv/.parquet and best_config.json of a finished search; returns the best config.
     `cv`: the folds each trial was scored on (1: the split's val part)."""
     records = trial_records(results, metric, max_epochs)
@@ -72,6 +72,6 @@ def write_results(results: Any, run: RunFolder, metric: str, max_epochs: int, se
     winner = pick_best(records, metric, run.path)
     best = BestConfig(config=trial_config(winner.config, max_epochs, seed), metrics=winner.peak_metrics,
                       epoch=int(winner.best_epoch or 0), trial_id=winner.trial_id, metric=metric, data=data,
-                      threads=threads, cv=cv)
+                      threads=threads, cv=cv, split_digest=split_digest)
     run.write_best(best)
     return best
