@@ -28,12 +28,23 @@ may be exhausted). Only COMPLETE trials are remembered: a pruned one's value is 
 The Tune trial id is stored as the Optuna trial's user attribute `tune_trial_id`. Single
 objective only; with a list of metrics the base class's behaviour is kept. The state lives in
 `__dict__`, which the base class pickles in `save` and restores in `restore` (--resume).
+
+Lost suggestions: Tune saves the searcher together with the experiment, 10 s or more apart (and
+after every trial checkpoint when one checkpoint is kept). A driver that dies after a
+suggestion but before the next save leaves a study in a database (--optuna-storage) with that
+trial RUNNING for good: Tune never learns of it, and TPE's constant liar keeps counting it as
+running (measured: SIGKILL of the driver as a trial started left it RUNNING after the resumed
+search ended). Every trial carries the user attribute `search_id` (the searcher's own, pickled
+with it), and `restore` tells FAIL, with user attribute `lost`, each RUNNING trial of this search
+the restored state does not know. An in-memory study is restored from the same save as Tune's
+trials, so it holds none.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import uuid
 from typing import Any, cast
 
 import optuna
@@ -44,6 +55,8 @@ from ecg_tune.training.metrics import finished
 TRAINING_ITERATION = "training_iteration"
 TUNE_TRIAL_ID = "tune_trial_id"
 REPEAT_OF = "repeat_of"
+SEARCH_ID = "search_id"
+LOST = "lost"
 MAX_REPEATS = 16
 
 logger = logging.getLogger(__name__)
@@ -58,6 +71,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._reported: dict[str, dict[int, float]] = {}  # Tune trial id -> {step: metric}
         # Parameters of every COMPLETE trial -> (its value, its Tune trial id).
         self._finished: dict[tuple, tuple[float, str]] = {}
+        # Tells this search's trials from another's in a shared study (see `restore`).
+        self._search_id = uuid.uuid4().hex
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -72,7 +87,29 @@ class PruningAwareOptunaSearch(OptunaSearch):
             config = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+            self._ot_trials[trial_id].set_user_attr(SEARCH_ID, self._search_id)
         return config
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._fail_lost_trials()
+
+    def _fail_lost_trials(self) -> None:
+        """Tell FAIL this search's RUNNING trials that the restored state does not know: they
+        were suggested after Tune's last save, and no trial of the experiment will report them."""
+        study = cast(optuna.Study | None, self._ot_study)
+        search_id = getattr(self, "_search_id", None)  # absent from a state saved before it existed
+        if study is None or search_id is None:
+            return
+        known = {ot_trial.number for ot_trial in self._ot_trials.values()}
+        for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.user_attrs.get(SEARCH_ID) != search_id or frozen.number in known:
+                continue
+            optuna.trial.Trial(study, frozen._trial_id).set_user_attr(
+                LOST, "suggested after the experiment's last save before its driver stopped; never ran")
+            study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+            logger.warning("Optuna trial %s (Tune trial %s) was lost with the stopped driver: told FAIL",
+                           frozen.number, frozen.user_attrs.get(TUNE_TRIAL_ID))
 
     def _twin(self, trial_id: str) -> tuple[float, str] | None:
         """The value and id of a COMPLETE trial with exactly the parameters just proposed."""
