@@ -226,7 +226,7 @@ def test_combine_keeps_the_keys_of_a_single_run() -> None:
 def cv_search(tmp_path_factory: pytest.TempPathFactory, beats: Dataset):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         space = tmp_path_factory.mktemp("space") / "tiny.yaml"
         space.write_text("model: simple_cnn\nbatch_size: 16\naugmentation: none\n"

@@ -176,7 +176,7 @@ def test_save_and_restore_keep_the_study_and_trials_in_flight(storage: str, tmp_
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

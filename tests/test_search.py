@@ -35,7 +35,7 @@ SEARCH = [sys.executable, str(ROOT / "scripts" / "search.py")]
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

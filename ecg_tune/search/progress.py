@@ -43,10 +43,22 @@ class SearchProgress(Callback):
                                                        "status": "running",
                                                        "config": sampled_values(trial.config)})
 
+    # Tune saves and restores callback state with the experiment: a resumed search's table keeps
+    # the trials that finished before the interruption.
+    def get_state(self) -> dict | None:
+        return {"trials": self.trials}
+
+    def set_state(self, state: dict) -> None:
+        self.trials = dict(state.get("trials", {}))
+
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
                         **info: Any) -> None:
         row = self._row(trial)
-        row["epoch"] = int(result.get("training_iteration", row["epoch"]))
+        epoch = int(result.get("training_iteration", row["epoch"]))
+        if 0 < epoch <= row["epoch"]:
+            self._print(f"{self._clock()} trial {trial.trial_id} went back to epoch {epoch} (its checkpoint was "
+                        f"unreadable; see restore_warnings.txt in its folder)")
+        row["epoch"] = epoch
         value = result.get(self.metric)
         if value is not None:
             row["last"] = value
