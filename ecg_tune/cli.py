@@ -109,6 +109,15 @@ def cmd_refit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from ecg_tune.html_report import write_html_report
+    from ecg_tune.runs import RunFolder
+
+    written = write_html_report(RunFolder(args.run))
+    print(f"{written.path} ({written.size / 1e6:.1f} MB)", flush=True)
+    return 0
+
+
 def options_from_args(model: Any, args: argparse.Namespace, **given: Any) -> Any:
     """A pydantic options model from the parsed arguments of the same names (plus `given`);
     a value out of its bounds is a one-line error naming the flag."""
@@ -242,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="how long to wait for --address to answer (default 30)")
     refit.set_defaults(handler=cmd_refit)
+
+    report = commands.add_parser("report", help="(re)write a finished search's report.html: its trials, "
+                                                "parameter importances and, once refitted, the test report")
+    report.add_argument("--run", required=True, help="the search's output folder (holds best_config.json)")
+    report.set_defaults(handler=cmd_report)
 
     predict = commands.add_parser("predict", help="classify recordings with an exported model bundle")
     predict.add_argument("--model", required=True, help="a model/ folder written by the refit")

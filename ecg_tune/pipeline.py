@@ -133,6 +133,9 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: SearchSpa
         f"{_json(best.config)}")
     log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv; "
         f"Tune's experiment: {storage.describe()}")
+    from ecg_tune.html_report import write_html_report  # plotly: only once a search has results
+
+    log(write_html_report(run).summary())
     refit = None
     if options.refit is not None:
         gpus = options.refit.gpus if options.refit.gpus is not None else plan.gpus_per_trial

@@ -159,6 +159,7 @@ def run_refit(run: RunFolder, options: RefitOptions | None = None) -> RefitResul
 
 def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     from ecg_tune.bundle import save_bundle
+    from ecg_tune.html_report import write_html_report
     from ecg_tune.models.svm import SVMStage
     from ecg_tune.report import plot_confusion, plot_search_overview, plot_training_curves, test_metrics
     from ecg_tune.training.network import build_network
@@ -194,9 +195,10 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     plot_training_curves(output.history, run.history(best.trial_id), histories, best.metric,
                          run.path / "training_curves.png")
     plot_search_overview(run.trials(), histories, best.metric, run.path / "search_overview.png")
+    write_html_report(run, histories)
     headline = " ".join(f"{k} {test[k]:.3f} [{test['ci95'][k][0]:.3f}, {test['ci95'][k][1]:.3f}]"
                         for k in ("accuracy", "macro_f1", "cinc_f1") if k in test)
     print(f"test ({test['n_records']} records, once): {headline}", flush=True)
-    print(f"refit results in {run.path}: report.json, confusion_matrix.png, training_curves.png, "
+    print(f"refit results in {run.path}: report.json, report.html, confusion_matrix.png, training_curves.png, "
           f"search_overview.png, test_predictions.csv, model/", flush=True)
     return RefitResult(run=run, report=report, epochs=epochs)

@@ -1,0 +1,235 @@
+"""report.html: written by a real search and its refit, rebuilt by `ecg-tune report`, self-contained;
+parameter importances on synthetic trials (a driving parameter, a conditional one, too few trials)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecg_tune.cli import main
+from ecg_tune.html_report import (
+    NOT_APPLICABLE,
+    build_page,
+    parameter_importances,
+    search_parameters,
+    write_html_report,
+)
+from ecg_tune.runs import BestConfig, RunFolder, TrialRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH_PLOTS = ("progress", "curves", "importance", "parallel", "slices")
+TEST_PLOTS = ("test-metrics", "per-class", "confusion", "refit-curves")
+
+
+def cli(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+class _Page(HTMLParser):
+    """The page's tags: every src/href, the trial table's body rows, the plot divs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str, str]] = []
+        self.plots: list[str] = []
+        self.trial_rows = 0
+        self._in_trials = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        for name in ("src", "href"):
+            if values.get(name) is not None:
+                self.links.append((tag, name, str(values[name])))
+        if tag == "div" and str(values.get("id", "")).startswith("plot-"):
+            self.plots.append(str(values["id"]))
+        if tag == "table" and "trials" in str(values.get("class", "")):
+            self._in_trials = True
+        if tag == "tr" and self._in_trials:
+            self.trial_rows += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_trials = False
+
+
+def parse(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    return parser
+
+
+def assert_self_contained(page: str) -> None:
+    """Nothing is loaded from elsewhere: every src/href is an anchor in the page (the plotly.js
+    source itself holds "href=" strings, which the parser rightly reads as script text)."""
+    links = parse(page).links
+    assert all(link.startswith("#") for _, _, link in links), links
+    assert "<script src" not in page and "<link" not in page
+    assert "Plotly.newPlot" in page and "plotly.js v" in page  # the library is in the page
+
+
+# --------------------------------------------------------------------------------------------
+# A real search and refit (module-scoped: about 25 s here)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("html") / "run"
+    result = cli("search.py", "--space", "smoke", "--data", "synthetic:60", "--num-samples", "3",
+                 "--max-epochs", "2", "--cv", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
+
+
+def test_search_and_refit_leave_a_self_contained_report(searched: tuple[Path, str]) -> None:
+    out, stdout = searched
+    page = (out / "report.html").read_text()
+    assert_self_contained(page)
+    parsed = parse(page)
+    assert parsed.plots == [f"plot-{name}" for name in SEARCH_PLOTS + TEST_PLOTS]
+    assert page.count("Plotly.newPlot(") == len(SEARCH_PLOTS + TEST_PLOTS)
+    trials = pd.read_csv(out / "trials.csv")
+    assert parsed.trial_rows == 1 + len(trials)  # the header row, then one per trial
+    best = json.loads((out / "best_config.json").read_text())
+    assert f"{best['trial_id']}: {best['metric']}" in page
+    assert "synthetic:60" in page and "higher is better" in page and "95 % interval" in page
+    # The search printed where the page is and the importances (or why there are none),
+    # and the refit rewrote the page with its test report.
+    assert f"report: {out / 'report.html'}" in stdout
+    assert "parameters that mattered most" in stdout or "parameter importances:" in stdout
+    assert "report.html" in stdout.split("test (")[-1]
+
+
+def test_report_command_rebuilds_a_run_without_report_json(searched: tuple[Path, str], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A run made before report.html existed, never refitted: the search part only, the same
+    per-epoch results read from the run's recorded storage."""
+    out, _ = searched
+    old = RunFolder(tmp_path / "old")
+    source = RunFolder(out)
+    old.write_best(source.best())
+    (old.path / "trials.csv").write_text((out / "trials.csv").read_text())
+    old.write_storage(source.storage())
+    assert main(["report", "--run", str(old.path)]) == 0
+    assert str(old.path / "report.html") in capsys.readouterr().out
+    page = (old.path / "report.html").read_text()
+    assert_self_contained(page)
+    assert parse(page).plots == [f"plot-{name}" for name in SEARCH_PLOTS]
+    assert "not evaluated yet" in page and "seconds since the search started" in page
+
+
+def test_report_on_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--run", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and len(error.strip().splitlines()) == 1 and "best_config.json" in error
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a lock file
+    assert main(["report", "--run", str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "missing").exists()
+    # scripts/report.py is the same command (its help stops before anything heavy is imported).
+    usage = cli("report.py", "--help")
+    assert usage.returncode == 0 and "--run" in usage.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Trials made by hand
+
+
+def records(configs: list[dict], scores: list[float | None], metric: str = "val_macro_f1") -> list[TrialRecord]:
+    """One trial per config; a None score is a trial that failed before reporting."""
+    return [TrialRecord(trial_id=f"t{i:02d}", status="completed" if score is not None else "errored",
+                        epochs=3 if score is not None else 0, config=config,
+                        best={} if score is None else {metric: score, "train_loss": 1 - score},
+                        best_epoch=None if score is None else 2)
+            for i, (config, score) in enumerate(zip(configs, scores, strict=True))]
+
+
+def table(configs: list[dict], scores: list[float | None], metric: str = "val_macro_f1") -> pd.DataFrame:
+    return pd.DataFrame([r.flat() for r in records(configs, scores, metric)])
+
+
+def run_folder(path: Path, configs: list[dict], scores: list[float | None]) -> RunFolder:
+    """A finished search's files with no Tune experiment behind them (as an old or moved run)."""
+    run = RunFolder(path)
+    run.write_trials(records(configs, scores))
+    winner = int(np.nanargmax([np.nan if s is None else s for s in scores]))
+    run.write_best(BestConfig(config={**configs[winner], "epochs": 3, "seed": 0},
+                              metrics={"val_macro_f1": float(scores[winner] or 0)}, epoch=2,
+                              trial_id=f"t{winner:02d}", metric="val_macro_f1", data="synthetic:100"))
+    return run
+
+
+def test_the_parameter_that_drives_the_score_ranks_first() -> None:
+    rng = np.random.default_rng(0)
+    configs = [{"lr": float(10 ** rng.uniform(-4, -2)), "dropout": float(rng.uniform(0, 0.5)),
+                "augmentation": str(rng.choice(["all", "none", "warp_only"])), "batch_size": int(rng.choice([16, 32]))}
+               for _ in range(30)]
+    scores = [0.9 - 0.15 * abs(np.log10(c["lr"]) + 3) + rng.normal(0, 0.005) for c in configs]
+    importances = parameter_importances(table(configs, scores), "val_macro_f1")
+    assert list(importances.values)[0] == "lr", importances.values
+    assert importances.values["lr"] > 0.5 and importances.trials == 30
+    assert importances.basis == {name: 30 for name in ("lr", "dropout", "augmentation", "batch_size")}
+    parameters, constant = search_parameters(table(configs, scores))
+    kinds = {p.name: (p.kind, p.log) for p in parameters}
+    assert kinds == {"lr": ("float", True), "dropout": ("float", False), "augmentation": ("categorical", False),
+                     "batch_size": ("int", False)} and constant == {}
+    # The direction comes from the metric: a loss that follows lr is driven by lr too.
+    losses = [1 - s for s in scores]
+    assert list(parameter_importances(table(configs, losses, "val_loss"), "val_loss").values)[0] == "lr"
+
+
+def test_conditional_parameters_are_assessed_where_they_are_set(tmp_path: Path) -> None:
+    """`levels` exists only for wavelet trials and drives their score there; the others show it as
+    (n/a) in every view, and fANOVA assesses it on the wavelet trials alone."""
+    rng = np.random.default_rng(1)
+    configs = []
+    for i in range(24):
+        config = {"transform": "wavelet" if i % 2 else "none", "lr": float(10 ** rng.uniform(-4, -2))}
+        if config["transform"] == "wavelet":
+            config.update(levels=int(rng.integers(2, 7)), wavelet="db2")
+        configs.append(config)
+    scores = [0.5 + (0.06 * c["levels"] if "levels" in c else 0.24) + rng.normal(0, 0.005) for c in configs]
+    run = run_folder(tmp_path / "run", configs, scores)
+    importances = parameter_importances(run.trials(), "val_macro_f1")
+    assert importances.basis == {"levels": 12, "transform": 24, "lr": 24}
+    assert list(importances.values)[0] == "levels" and importances.values["levels"] > 0.5, importances.values
+    # lr does nothing: the forest over all trials must not credit it with the levels' effect.
+    assert importances.values["lr"] < 0.15, importances.values
+    assert "wavelet" not in importances.values  # one value wherever set: a constant
+
+    page, _ = build_page(run)
+    assert_self_contained(page)
+    parsed = parse(page)
+    assert parsed.plots == [f"plot-{name}" for name in SEARCH_PLOTS]  # no report.json: no test part
+    assert parsed.trial_rows == 1 + 24
+    assert page.count(f'<td data-value="">{NOT_APPLICABLE}</td>') == 12  # levels in the table
+    assert f'"ticktext":["{NOT_APPLICABLE.replace("/", chr(92) + "u002f")}"' in page  # the parallel axis
+    assert "levels (12 trials)" in page and "levels (set in 12 of 24)" in page  # importance bar, slice
+    assert "wavelet = db2 (in 12 of 24 trials)" in page
+    assert "trial number" in page  # no per-epoch results: each trial's best in trial order
+
+
+def test_too_few_trials_say_so_instead_of_importances(tmp_path: Path) -> None:
+    configs = [{"model": "simple_cnn"}, {"model": "cnn_svm"}, {"model": "resnet1d"}]
+    run = run_folder(tmp_path / "run", configs, [0.4, 0.6, None])  # the third trial failed
+    written = write_html_report(run)
+    assert written.importances.values == {} and written.importances.trials == 2
+    assert "need at least 3 trials" in written.summary() and str(written.path) in written.summary()
+    page = written.path.read_text()
+    assert "Not computed: importances need at least 3 trials" in page
+    assert parse(page).trial_rows == 1 + 3 and "1 failed" in page
+    assert not list(tmp_path.glob("run/*.partial"))
+
+
+def test_a_damaged_report_json_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = run_folder(tmp_path / "run", [{"lr": 0.1}, {"lr": 0.01}, {"lr": 0.001}], [0.4, 0.6, 0.5])
+    run.report_path.write_text('{"test": {"accuracy": 0.5}}')
+    assert main(["report", "--run", str(run.path)]) == 2
+    assert "report.json: not a refit's report.json" in capsys.readouterr().err
