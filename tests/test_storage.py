@@ -127,6 +127,7 @@ def test_a_full_disk_is_a_one_line_error(tmp_path: Path) -> None:
     _raise_if_full(storage, RuntimeError("something else"))  # not a full disk: left to the caller
 
 
+@pytest.mark.slow  # two searches, about 1.5 minutes here
 def test_low_disk_space_stops_the_search_resumably(tmp_path: Path) -> None:
     """The guard trips at the first epoch (more free space asked for than any disk has), the search
     stops with its state saved (exit 130, nothing exported), and --resume finishes it without
@@ -166,6 +167,7 @@ def s3() -> tuple[str, dict[str, str]]:
     server.stop()
 
 
+@pytest.mark.slow  # a search, its refit and a resume against the S3 server, about 1.5 minutes here
 def test_search_refit_and_resume_with_s3_storage(s3, tmp_path: Path) -> None:
     options, credentials = s3
     out = tmp_path / "run"
