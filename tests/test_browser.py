@@ -60,14 +60,8 @@ def wait_for(condition, timeout: float = 30.0, every: float = 0.5):
 
 
 @pytest.fixture(scope="module")
-def refitted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished, refitted smoke search (its report.html holds both the search and the test part)."""
-    out = tmp_path_factory.mktemp("browser") / "run"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "search.py"), "--space", "smoke", "--data",
-                           "synthetic:60", "--num-samples", "3", "--max-epochs", "2", "--cv", "1", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+def refitted_run(refitted_smoke_run: tuple[Path, str]) -> Path:
+    return refitted_smoke_run[0]  # conftest.py: one search + refit shared with test_html_report.py
 
 
 def test_report_html_draws_every_plot_without_a_script_error(browser, refitted_run: Path) -> None:

@@ -80,12 +80,8 @@ def assert_self_contained(page: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("html") / "run"
-    result = cli("search.py", "--space", "smoke", "--data", "synthetic:60", "--num-samples", "3",
-                 "--max-epochs", "2", "--cv", "1", "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stdout
+def searched(refitted_smoke_run: tuple[Path, str]) -> tuple[Path, str]:
+    return refitted_smoke_run  # conftest.py: one search + refit shared with the browser tests
 
 
 def test_search_and_refit_leave_a_self_contained_report(searched: tuple[Path, str]) -> None:
