@@ -235,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop the search (resumably) when less than this is free on a local storage "
                              "(default 256)")
     search.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
+    # const "default" (tracking.DEFAULT_URI) is resolved against --out; the literal keeps cli.py from
+    # importing tracking (and ray.tune) to build the parser.
+    search.add_argument("--mlflow", nargs="?", const="default", metavar="URI",
+                        help="track the search in MLflow: a parent run, each trial as a nested run, the refit's "
+                             "test metrics and files (default URI: sqlite:///<out>/mlflow.db; needs "
+                             'pip install "ecg-tune[tracking]")')
     search.add_argument("--new-worker-per-trial", action="store_true",
                         help="start a fresh worker process for every trial (Tune's default) instead of "
                              "reusing finished trials' workers")

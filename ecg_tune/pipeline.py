@@ -22,7 +22,7 @@ from ecg_tune.config import TrainConfig, load_config, make_config
 from ecg_tune.data import Dataset, prepare
 from ecg_tune.data.sources import LabelColumn
 from ecg_tune.data.split import split_digest
-from ecg_tune.errors import ConfigError
+from ecg_tune.errors import ConfigError, SearchInterrupted
 from ecg_tune.refit import RefitOptions, RefitResult, run_refit
 from ecg_tune.runs import BestConfig, RunFolder, is_best_config, read_best_config
 from ecg_tune.search.adapt import DataFacts, adapt
@@ -85,6 +85,10 @@ def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: 
     run = RunFolder(search.out.resolve())
     if search.resume and not run.path.is_dir():
         raise ConfigError(f"--resume: {run.path} does not exist; give the --out folder of the search to continue")
+    if search.mlflow and not options.dry_run:
+        from ecg_tune.tracking import check_available
+
+        check_available()  # a missing MLflow fails before the data is read
     resumed_split = search.resume and run.split_path.is_file()
     if search.address and not options.dry_run:
         from ecg_tune.search.tuner import start_ray
@@ -124,13 +128,20 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: SearchSpa
         run.write_split(dataset)
     storage = _storage(search, run)
     run.write_storage(storage)
-    results, plan = run_search(search, space, dataset, storage)
+    from ecg_tune import tracking  # its MLflow calls import mlflow only for a tracked run (mlflow.json)
+
+    try:
+        results, plan = run_search(search, space, dataset, storage)
+    except SearchInterrupted:
+        tracking.end_search(run, "KILLED")  # --resume marks it running again
+        raise
     best = write_results(results, run, plan.metric, plan.max_epochs, search.seed, dataset.records.source,
                          threads=max(1, int(plan.cpus_per_trial)), cv=plan.folds,
                          split_digest=split_digest(dataset.records, dataset.split))
     spread = f" (mean of {best.cv} folds, std {best.spread:.4f})" if best.spread is not None else ""
     log(f"best {plan.metric} {best.score:.4f}{spread} at epoch {best.epoch} (trial {best.trial_id}): "
         f"{_json(best.config)}")
+    tracking.log_search_end(run, best)
     log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv; "
         f"Tune's experiment: {storage.describe()}")
     from ecg_tune.html_report import write_html_report  # plotly: only once a search has results
@@ -139,7 +150,9 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: SearchSpa
     refit = None
     if options.refit is not None:
         gpus = options.refit.gpus if options.refit.gpus is not None else plan.gpus_per_trial
-        refit = run_refit(run, options.refit.model_copy(update={"gpus": gpus}))
+        refit = run_refit(run, options.refit.model_copy(update={"gpus": gpus}))  # ends the MLflow run
+    else:
+        tracking.end_search(run)
     return PipelineResult(run=run, space=space, plan=plan, best=best, refit=refit)
 
 

@@ -195,10 +195,15 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     plot_training_curves(output.history, run.history(best.trial_id), histories, best.metric,
                          run.path / "training_curves.png")
     plot_search_overview(run.trials(), histories, best.metric, run.path / "search_overview.png")
-    write_html_report(run, histories)
+    html = write_html_report(run, histories)
     headline = " ".join(f"{k} {test[k]:.3f} [{test['ci95'][k][0]:.3f}, {test['ci95'][k][1]:.3f}]"
                         for k in ("accuracy", "macro_f1", "cinc_f1") if k in test)
     print(f"test ({test['n_records']} records, once): {headline}", flush=True)
     print(f"refit results in {run.path}: report.json, report.html, confusion_matrix.png, training_curves.png, "
           f"search_overview.png, test_predictions.csv, model/", flush=True)
+    if run.tracking() is not None:  # a --mlflow search: to its parent run (mlflow imported only then)
+        from ecg_tune.tracking import log_refit
+
+        log_refit(run, test, [run.path / name for name in ("confusion_matrix.png", "training_curves.png",
+                                                           "search_overview.png")] + [html.path])
     return RefitResult(run=run, report=report, epochs=epochs)

@@ -7,6 +7,8 @@
                                --storage put it elsewhere: then <out>/storage.json says where (storage.py)
     <out>/.search.lock         held while a search or refit writes to the folder
     <out>/report.json          the refit's test report; model/ the exported bundle
+    <out>/mlflow.json          --mlflow: the tracking URI and the search's parent run (`TrackingRecord`);
+                               with the default URI, <out>/mlflow.db and <out>/mlartifacts/ hold the runs
 
 This module is the only one that knows these names and formats: everything else asks a
 `RunFolder` for typed records.
@@ -25,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ecg_tune.data import Dataset
 from ecg_tune.data.split import save_split
@@ -89,6 +91,17 @@ class TrialRecord:
         return row
 
 
+class TrackingRecord(BaseModel):
+    """mlflow.json: where a `--mlflow` search logs (ecg_tune/tracking.py), so that a later refit and
+    `--resume` log to the same parent run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tracking_uri: StrictStr
+    parent_run_id: StrictStr
+    experiment_id: StrictStr
+
+
 class RunFolder:
     """The files of one search's output folder (see the module docstring)."""
 
@@ -119,6 +132,29 @@ class RunFolder:
     def write_storage(self, storage: ExperimentStorage) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.storage_record_path.write_text(storage.to_json())
+
+    @property
+    def mlflow_db_path(self) -> Path:
+        """The SQLite store of `--mlflow` without a URI."""
+        return self.path / "mlflow.db"
+
+    @property
+    def tracking_record_path(self) -> Path:
+        return self.path / "mlflow.json"
+
+    def write_tracking(self, record: TrackingRecord) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.tracking_record_path.write_text(record.model_dump_json(indent=2))
+
+    def tracking(self) -> TrackingRecord | None:
+        """The search's MLflow parent run, or None when it was not tracked."""
+        path = self.tracking_record_path
+        if not path.is_file():
+            return None
+        try:
+            return TrackingRecord.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            raise EcgTuneError(f"{path}: {validation_message(exc)}") from None
 
     @property
     def report_path(self) -> Path:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError, SearchInterrupted
+from ecg_tune.runs import RunFolder
 from ecg_tune.search.adapt import DataFacts
 from ecg_tune.search.cluster import DEFAULT_CONNECT_TIMEOUT, check_storage_shared, connect
 from ecg_tune.search.samplers import define_by_run, grid
@@ -72,6 +73,8 @@ class SearchOptions(BaseModel):
     reuse_actors: bool = True
     dashboard: bool = False
     resume: bool = False
+    # MLflow tracking URI ("default": sqlite:///<out>/mlflow.db); None: not tracked (ecg_tune/tracking.py)
+    mlflow: str | None = None
 
     @field_validator("trial_resources")
     @classmethod
@@ -252,6 +255,10 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset,
         if not Tuner.can_restore(storage.experiment_path, **where):
             raise ConfigError(f"--resume: no search to resume in {storage.describe()}")
         tuner = Tuner.restore(storage.experiment_path, trainable=trainable, resume_errored=True, **where)
+        if options.mlflow:
+            from ecg_tune.tracking import reopen_search
+
+            reopen_search(RunFolder(out))  # the restored experiment's own TrialTracker logs the trials
     else:
         if storage.exists():
             raise ConfigError(f"{storage.describe()}: holds a search already; use --resume to continue it "
@@ -260,6 +267,12 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset,
         # over each key would ignore the space's conditions); the trainable unwraps them.
         points = grid(space, facts) if plan.searcher == "grid" else None
         param_space = {GRID_KEY: tune.grid_search(points)} if points is not None else None
+        tracker = None
+        if options.mlflow:
+            from ecg_tune.tracking import search_params, start_search
+
+            tracker = start_search(RunFolder(out), options.mlflow,
+                                   search_params(plan, space.name, dataset.records.source, options.seed))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -281,7 +294,7 @@ def run_search(options: SearchOptions, space: SearchSpace, dataset: Dataset,
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 callbacks=[SearchProgress(plan.metric, plan.max_epochs,
                                           len(points) if points is not None else plan.num_samples),
-                           InterruptWatch(), *filter(None, [storage_guard(storage)])],
+                           InterruptWatch(), *filter(None, [storage_guard(storage), tracker])],
                 verbose=0,  # SearchProgress prints the progress instead
             ),
         )
