@@ -33,15 +33,17 @@ def _clusters_on_loopback() -> None:
 
 @pytest.fixture(scope="session")
 def refitted_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A finished, refitted 3-trial smoke search through the command line (about 25-45 s here),
-    shared by the tests that only read its run folder: (the --out folder, what it printed)."""
+    """A finished, refitted 3-trial smoke search with --mlflow through the command line (about
+    30-50 s here), shared by the report, browser and tracking tests: (the --out folder, what it
+    printed)."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path_factory.mktemp("smoke-run") / "run"
     done = subprocess.run([sys.executable, str(root / "scripts" / "search.py"), "--space", "smoke", "--data",
-                           "synthetic:60", "--num-samples", "3", "--max-epochs", "2", "--cv", "1", "--out", str(out)],
+                           "synthetic:60", "--num-samples", "3", "--max-epochs", "2", "--cv", "1", "--out", str(out),
+                           "--mlflow"],
                           capture_output=True, text=True, cwd=root, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout

@@ -28,13 +28,10 @@ def cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A smoke search with --mlflow (the default URI) and its refit, through the command line."""
-    out = tmp_path_factory.mktemp("tracked") / "run"
-    result = cli("search.py", "--space", "smoke", "--data", "synthetic:60", "--out", str(out),
-                 "--num-samples", "2", "--max-epochs", "2", "--cv", "1", "--mlflow")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "mlflow: run " in result.stdout and "mlflow: test metrics and artifacts logged" in result.stdout
+def tracked(refitted_smoke_run: tuple[Path, str]) -> Path:
+    """The shared smoke search with --mlflow (the default URI) and its refit (conftest.py)."""
+    out, stdout = refitted_smoke_run
+    assert "mlflow: run " in stdout and "mlflow: test metrics and artifacts logged" in stdout
     return out
 
 
@@ -59,10 +56,10 @@ def test_the_search_is_a_parent_run_with_the_trials_nested(tracked: Path) -> Non
     assert parent.data.tags["run_folder"] == str(tracked.resolve())
     params = parent.data.params
     assert params["space"] == "smoke" and params["data"] == "synthetic:60" and params["seed"] == "0"
-    assert params["metric"] == "val_cinc_f1" and params["num_samples"] == "2" and params["max_epochs"] == "2"
+    assert params["metric"] == "val_cinc_f1" and params["num_samples"] == "3" and params["max_epochs"] == "2"
 
     runs = _runs(tracked)
-    assert len(runs) == 3  # the acceptance check's count: parent + 2 trials
+    assert len(runs) == 4  # parent + 3 trials
     children = runs[runs[f"tags.{PARENT_TAG}"] == record.parent_run_id]
     trials = pd.read_csv(tracked / "trials.csv").set_index("trial_id")
     assert sorted(children["tags.trial_id"]) == sorted(trials.index)
@@ -107,7 +104,7 @@ def test_a_later_refit_logs_to_the_same_parent(tracked: Path) -> None:
     assert f"logged to run {record.parent_run_id}" in result.stdout
     client = _client(tracked)
     assert len(client.get_metric_history(record.parent_run_id, "test_accuracy")) == 2  # the search's refit and this
-    assert len(_runs(tracked)) == 3  # no new run
+    assert len(_runs(tracked)) == 4  # no new run
 
 
 # Records which files import MLflow: Ray 2.60 itself imports it whenever a Tune run has callbacks
