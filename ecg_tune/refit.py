@@ -192,7 +192,7 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
 
     histories = run.histories()
     plot_confusion(test["confusion_matrix"], classes, run.path / "confusion_matrix.png")
-    plot_training_curves(output.history, run.history(best.trial_id), histories, best.metric,
+    plot_training_curves(output.history, histories.get(best.trial_id), histories, best.metric,
                          run.path / "training_curves.png")
     plot_search_overview(run.trials(), histories, best.metric, run.path / "search_overview.png")
     html = write_html_report(run, histories)

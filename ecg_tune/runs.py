@@ -228,22 +228,28 @@ class RunFolder:
 
     # Tune's per-trial results ----------------------------------------------------------------
 
-    def histories(self) -> dict[str, pd.DataFrame]:
-        """Every trial's per-epoch results (its result.json, read from the run's storage), by trial id."""
+    def histories(self, trial_id: str = "") -> dict[str, pd.DataFrame]:
+        """Every trial's per-epoch results (its result.json, read from the run's storage), by trial id
+        (`trial_id`: that trial's only). One row per epoch: a trial that went back to an older
+        checkpoint reported some epochs twice, and the last report of an epoch is the one its
+        later epochs (and the refit's learning-rate replay) built on."""
         histories = {}
         storage = self.storage()
-        for folder, content in storage.trial_files("result.json"):
+        for folder, content in storage.trial_files("result.json", folder_contains=trial_id):
             try:
                 rows = _json_lines(content)
             except ValueError as exc:
                 raise EcgTuneError(f"{storage.describe()}/{folder}/result.json: not JSON lines ({exc})") from None
             if rows:
-                histories[str(rows[0].get("trial_id", folder))] = pd.DataFrame(rows)
+                frame = pd.DataFrame(rows)
+                if "training_iteration" in frame:
+                    frame = frame.drop_duplicates("training_iteration", keep="last").reset_index(drop=True)
+                histories[str(rows[0].get("trial_id", folder))] = frame
         return histories
 
     def history(self, trial_id: str) -> pd.DataFrame | None:
         """One trial's per-epoch results, or None when it reported nothing."""
-        return self.histories().get(trial_id)
+        return self.histories(trial_id).get(trial_id)
 
     # split -----------------------------------------------------------------------------------
 

@@ -91,8 +91,9 @@ class ExperimentStorage:
 
         return bool(self.filesystem.get_file_info(self.experiment_path).type != pafs.FileType.NotFound)
 
-    def trial_files(self, name: str) -> Iterator[tuple[str, bytes]]:
-        """(trial folder name, content) of the file `name` in every trial folder of the experiment."""
+    def trial_files(self, name: str, folder_contains: str = "") -> Iterator[tuple[str, bytes]]:
+        """(trial folder name, content) of the file `name` in every trial folder of the experiment
+        (only the folders whose name contains `folder_contains`: Tune names them after the trial id)."""
         import pyarrow.fs as pafs
 
         filesystem = self.filesystem
@@ -101,7 +102,7 @@ class ExperimentStorage:
         except OSError as exc:
             raise ConfigError(f"{self.describe()}: cannot list the experiment ({exc})") from None
         for folder in sorted(folders, key=lambda info: info.path):
-            if folder.type != pafs.FileType.Directory:
+            if folder.type != pafs.FileType.Directory or folder_contains not in folder.base_name:
                 continue
             path = f"{folder.path}/{name}"
             if filesystem.get_file_info(path).type != pafs.FileType.File:

@@ -187,3 +187,19 @@ def test_search_refit_and_resume_with_s3_storage(s3, tmp_path: Path) -> None:
     resumed = cli(*SMALL, "--out", str(out), "--resume", "--no-refit", env=credentials)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not re.search(r"trial \w+ epoch \d+/", resumed.stdout), "a finished trial trained again"
+
+
+def test_a_trial_that_went_back_has_one_row_per_epoch_the_last(tmp_path: Path) -> None:
+    """A trial restarted from an older checkpoint reports epochs again (trainable.py); its history
+    keeps each epoch's last report, which the refit replays the learning rate from."""
+    for trial, epochs in (("abc", [1, 2, 1, 2, 3]), ("xyz", [1])):
+        folder = tmp_path / "experiment" / f"train_trial_{trial}_00001"
+        folder.mkdir(parents=True)
+        rows = [{"trial_id": trial, "training_iteration": e, "lr": 0.1 * (n + 1)} for n, e in enumerate(epochs)]
+        (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = RunFolder(tmp_path)
+    history = run.history("abc")
+    assert history is not None
+    assert history["training_iteration"].tolist() == [1, 2, 3]
+    assert history["lr"].tolist() == pytest.approx([0.3, 0.4, 0.5])
+    assert list(run.histories("xyz")) == ["xyz"] and set(run.histories()) == {"abc", "xyz"}
