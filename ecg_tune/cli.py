@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default 2500, so that a 5-minute run tries more than a couple of "
                                  "configs on 2 cores; 0: all)")
     strategies.add_argument("--strategies", nargs="+", choices=["seed_grid", "random_fifo", "random_asha",
-                                                                "optuna_asha"], help="a subset (default: all)")
+                                                                "optuna_asha", "optuna_asha_complete"],
+                            help="a subset (default: all)")
     overhead = kinds.add_parser("overhead", help="Ray's cost per trial, trials/min, peak memory of 1 vs 4 trials")
     overhead.add_argument("--tiny-trials", type=int, default=40, help="trials that only report once")
     gpu = kinds.add_parser("gpu", help="throughput of 1, 2, 4, 8 trials sharing one GPU (skips without CUDA)")

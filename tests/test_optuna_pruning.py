@@ -23,10 +23,11 @@ def learning_rate_space(trial: optuna.trial.Trial) -> None:
     trial.suggest_float("lr", 1e-4, 1e-2, log=True)
 
 
-def searcher(mode: str, storage: str | None = None) -> PruningAwareOptunaSearch:
+def searcher(mode: str, storage: str | None = None, pruned_as_complete: bool = False) -> PruningAwareOptunaSearch:
     extra = {"storage": optuna.storages.RDBStorage(storage), "study_name": "unit"} if storage else {}
     return PruningAwareOptunaSearch(space=learning_rate_space, metric="score", mode=mode, max_epochs=4,
-                                    sampler=optuna.samplers.TPESampler(seed=0), **extra)
+                                    sampler=optuna.samplers.TPESampler(seed=0),
+                                    pruned_as_complete=pruned_as_complete, **extra)
 
 
 def epoch(step: int, score: float) -> dict:
@@ -71,6 +72,17 @@ def test_stopped_trials_are_pruned_and_finished_ones_complete_with_their_best(mo
     assert s._ot_study.direction.name == ("MAXIMIZE" if mode == "max" else "MINIMIZE")
     # A later suggestion still works with pruned trials in the study.
     assert "lr" in s.suggest("next")
+
+
+def test_ray_behaviour_for_the_benchmark_stopped_trials_complete_with_their_last_value() -> None:
+    """`benchmark search`'s optuna_asha_complete: a stopped trial is told COMPLETE with the value
+    of the epoch it stopped at, as Ray 2.60's OptunaSearch tells it; the rest is unchanged."""
+    s = searcher("max", pruned_as_complete=True)
+    run_trial(s, "stopped", [0.5, 0.35])
+    run_trial(s, "finished", [0.2, 0.6, 0.5, 0.4])
+    trials = by_tune_id(s._ot_study)
+    assert trials["stopped"].state == State.COMPLETE and trials["stopped"].value == 0.35
+    assert trials["finished"].state == State.COMPLETE and trials["finished"].value == 0.6
 
 
 def test_a_trial_that_ends_itself_early_is_complete_not_pruned() -> None:

@@ -4,7 +4,9 @@ Strategies (each a real `run_search` on the shipped spaces, so the numbers are t
 - seed_grid: the notebook's 72-config 1-epoch grid (`seed_grid` space, FIFO);
 - random_fifo: random search over `full`, every trial trained to max_epochs;
 - random_asha: random search over `full` with ASHA early stopping;
-- optuna_asha: Optuna TPE over `full` with ASHA (the default of `scripts/search.py`).
+- optuna_asha: Optuna TPE over `full` with ASHA (the default of `scripts/search.py`);
+- optuna_asha_complete: the same, but the trials ASHA stopped reach TPE as COMPLETE with their
+  last value, as Ray 2.60's OptunaSearch tells them (what the PRUNED state changes).
 Runs are interleaved (seed 0 of every strategy, then seed 1, ...) so that a change in the shared
 machine's load falls on all strategies alike. The figure of merit is the best validation score
 any trial had reported by each moment of the run.
@@ -29,6 +31,10 @@ STRATEGIES: dict[str, dict] = {
     "random_fifo": {"space": "full", "searcher": "random", "scheduler": "fifo", "label": "random + FIFO (full)"},
     "random_asha": {"space": "full", "searcher": "random", "scheduler": "asha", "label": "random + ASHA (full)"},
     "optuna_asha": {"space": "full", "searcher": "optuna", "scheduler": "asha", "label": "Optuna TPE + ASHA (full)"},
+    # As optuna_asha, but ASHA-stopped trials reach TPE as COMPLETE with their last value (Ray
+    # 2.60's OptunaSearch): what telling them PRUNED changes.
+    "optuna_asha_complete": {"space": "full", "searcher": "optuna", "scheduler": "asha", "pruned_as_complete": True,
+                             "label": "Optuna TPE + ASHA, stopped trials told COMPLETE (Ray's default)"},
 }
 CHECKPOINTS = 10  # points of the summary table across the budget
 
@@ -50,7 +56,8 @@ def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0
         for name in strategies:
             strategy = STRATEGIES[name]
             options = SearchOptions(out=runs_dir / f"{name}-seed{seed}", searcher=strategy["searcher"],
-                                    scheduler=strategy["scheduler"], time_budget=budget, seed=seed)
+                                    scheduler=strategy["scheduler"], time_budget=budget, seed=seed,
+                                    pruned_as_complete=strategy.get("pruned_as_complete", False))
             log(f"--- {strategy['label']}, seed {seed}, budget {budget:g} s")
             started = time.time()
             # The split is saved with each run, so any run can be refitted later.

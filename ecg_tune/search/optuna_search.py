@@ -65,9 +65,12 @@ logger = logging.getLogger(__name__)
 class PruningAwareOptunaSearch(OptunaSearch):
     """`OptunaSearch` whose trials stopped before `max_epochs` reach Optuna as PRUNED."""
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_epochs: int, pruned_as_complete: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        # True: stopped trials are told COMPLETE with their last value (Ray's own behaviour), kept
+        # so that `benchmark search` can measure what telling them PRUNED changes.
+        self._pruned_as_complete = pruned_as_complete
         self._reported: dict[str, dict[int, float]] = {}  # Tune trial id -> {step: metric}
         # Parameters of every COMPLETE trial -> (its value, its Tune trial id).
         self._finished: dict[tuple, tuple[float, str]] = {}
@@ -139,6 +142,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 state, value = optuna.trial.TrialState.COMPLETE, (max if self.mode == "max" else min)(finite)
             else:
                 state = optuna.trial.TrialState.FAIL
+        elif history and self._pruned_as_complete:
+            # Ray's OptunaSearch: COMPLETE with the stopping result's value (the last epoch's).
+            state, value = optuna.trial.TrialState.COMPLETE, history[max(history)]
         else:
             state = optuna.trial.TrialState.PRUNED  # value: Optuna takes the last intermediate one
         ot_trial = self._ot_trials[trial_id]

@@ -51,6 +51,9 @@ class SearchOptions(BaseModel):
     gpus_per_trial: float | None = Field(None, ge=0)  # None: 0.25 when the cluster has GPUs, else 0
     max_concurrent: int | None = Field(None, ge=1)
     searcher: Literal["optuna", "random"] = "optuna"
+    # Tell Optuna the trials ASHA stopped as COMPLETE with their last value, as Ray 2.60's
+    # OptunaSearch does, instead of PRUNED: only for `benchmark search` to measure the difference.
+    pruned_as_complete: bool = False
     scheduler: Literal["asha", "fifo"] = "asha"
     metric: str | None = None  # None: val_cinc_f1 with the CinC classes, else val_macro_f1
     # K-fold cross-validation ranks trials (1: the split's val part; auto: K folds below a val
@@ -353,6 +356,7 @@ def _searcher(plan: Plan, options: SearchOptions, space: SearchSpace, facts: Dat
     # as given).
     return PruningAwareOptunaSearch(space=define_by_run(space, facts), metric=plan.metric, mode=plan.mode,
                                     sampler=sampler, max_epochs=plan.max_epochs,
+                                    pruned_as_complete=options.pruned_as_complete,
                                     points_to_evaluate=[dict(p) for p in space.start] or None, **kwargs)
 
 
