@@ -251,6 +251,30 @@ def test_features_match_the_reference(channels: int, length: int, options: dict)
     assert 0 < ours[:, blocks[0]].mean() < 1
 
 
+def plain_longest_run(row: np.ndarray) -> int:
+    longest = run = 0
+    for value in row:
+        run = run + 1 if value > 0 else 0
+        longest = max(longest, run)
+    return longest
+
+
+@pytest.mark.parametrize("shape,density", [((1, 1), 0.5), ((2, 3, 1), 1.0), ((3, 7), 0.0), ((3, 7), 1.0),
+                                           ((4, 2, 17), 0.5), ((5, 64), 0.9), ((2, 3, 301), 0.2)])
+def test_longest_run_matches_a_plain_loop(shape: tuple[int, ...], density: float):
+    """The run-length operator alone, including rows of no, one and only positive values and
+    runs that touch either end."""
+    from ecg_tune.models.minirocket import _longest_run
+
+    rng = np.random.default_rng(len(shape) * 100 + shape[-1])
+    positive = (rng.random(shape) < density).astype(np.float32)
+    positive.reshape(-1, shape[-1])[0, :] = 1.0 if density > 0 else 0.0  # a row that is one run (or none)
+    ours = _longest_run(torch.from_numpy(positive))
+    assert ours.shape == shape[:-1] and ours.dtype == torch.float32
+    expected = np.array([plain_longest_run(r) for r in positive.reshape(-1, shape[-1])]).reshape(shape[:-1])
+    np.testing.assert_array_equal(ours.numpy(), expected)
+
+
 def test_padding_alternates_between_kernels_and_dilations():
     # A constant series: 'same' outputs differ from the constant interior near the ends only,
     # so the two readings of one kernel differ exactly where the reference says they should.
