@@ -553,7 +553,7 @@ def _progress_figure(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], m
     without times, against trial number with each trial's best); whether the x axis is time."""
     import plotly.graph_objects as go
 
-    from ecg_tune.report import _per_trial_order, timed_reports
+    from ecg_tune.report import per_trial_order, timed_reports
 
     figure = go.Figure()
     points: list[tuple[float, float, str, int | None]] = []  # x, value, trial, epoch
@@ -569,7 +569,7 @@ def _progress_figure(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], m
                 points += [(float(t), float(v), trial_id, epoch) for epoch, (t, v)
                            in enumerate(zip(reports[0], reports[1], strict=True), start=1)]
     else:
-        x_all, y_all = _per_trial_order(trials, histories, metric)
+        x_all, y_all = per_trial_order(trials, histories, metric)
         x_label, unit, dots = "trial number", "", "a trial's best epoch"
         ids = trials["trial_id"].astype(str).tolist() if "trial_id" in trials.columns else []
         points = [(float(x), float(y), ids[int(x) - 1] if int(x) - 1 < len(ids) else "?", None)

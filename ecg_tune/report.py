@@ -340,7 +340,7 @@ def _best_so_far_panel(ax: Axes, trials: pd.DataFrame, histories: dict[str, pd.D
         xlabel = "elapsed time (s)"
     else:
         # Without times, trials in the order the table lists them (Tune's creation order).
-        x, y = _per_trial_order(trials, histories, metric)
+        x, y = per_trial_order(trials, histories, metric)
         xlabel = "trial number"
     if len(x) == 0:
         _no_data(ax)
@@ -384,7 +384,7 @@ def timed_reports(histories: dict[str, pd.DataFrame], metric: str, started: floa
     return time[order], value[order]
 
 
-def _per_trial_order(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], metric: str
+def per_trial_order(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], metric: str
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Each trial's best metric in trial order: from the table, else from the histories."""
     column = f"best/{metric}"
