@@ -385,7 +385,7 @@ def timed_reports(histories: dict[str, pd.DataFrame], metric: str, started: floa
 
 
 def per_trial_order(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], metric: str
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Each trial's best metric in trial order: from the table, else from the histories."""
     column = f"best/{metric}"
     if column in trials.columns:
