@@ -280,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts")
     strategies = kinds.add_parser("search", help="seed grid vs random/FIFO vs random/ASHA vs Optuna/ASHA at equal time")
     strategies.add_argument("--budget", type=float, default=240.0, metavar="SECONDS",
-                            help="wall-clock budget of each search run (default 240: 4 strategies x 3 seeds "
-                                 "take about 52 minutes on 2 cores)")
+                            help="wall-clock budget of each search run (default 240: each strategy x seed is "
+                                 "one run, so 5 strategies x 3 seeds take about an hour on 2 cores)")
     strategies.add_argument("--seeds", type=int, default=3, help="runs per strategy")
     strategies.add_argument("--records", type=int, default=2500,
                             help="a stratified subset of this many records, the same for every run "
