@@ -182,8 +182,9 @@ def throughput(x: np.ndarray, threads: int, rounds: int = 3) -> dict[str, float]
 
 def run(data: RocketData, seeds: list[int], threads: int, epochs: int, lr: float,
         weight_decay: float, batch_size: int, augmentation: str, multi: bool,
-        speed: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Accuracy per seed (none when `seeds` is empty) and, when `speed`, the throughput."""
+        speed: bool = True, log: Callable[[str], None] = print, model: bool = True) -> dict[str, Any]:
+    """Accuracy per seed (none when `seeds` is empty) and, when `speed`, the throughput; `model`:
+    also the model trained by the loop (its windowed ridge fit is the slowest part on CinC)."""
     torch.set_num_threads(threads)
     train_x = fitted_inputs(data.tensors, data.train, data.input_length)
     test_x = fitted_inputs(data.tensors, data.test, data.input_length)
@@ -201,7 +202,8 @@ def run(data: RocketData, seeds: list[int], threads: int, epochs: int, lr: float
             model = torch_model(train_x, n_classes, seed, rocket_pooling="multi", rocket_difference=True)
             row["ours_multi_ridge"] = ridge_accuracy(torch_features(model, train_x), train_y,
                                                      torch_features(model, test_x), test_y)
-        row["ours_model"] = loop_head(data, seed, test_x, 1, lr, weight_decay, batch_size, "none", head="ridge")
+        if model:
+            row["ours_model"] = loop_head(data, seed, test_x, 1, lr, weight_decay, batch_size, "none", head="ridge")
         if epochs:
             row["ours_loop"] = loop_head(data, seed, test_x, epochs, lr, weight_decay, batch_size, augmentation)
         log(json.dumps(row))
@@ -239,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", choices=["ecg200", "cinc"])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--records", type=int, default=2000, help="CinC: records in the subset")
     parser.add_argument("--input-length", type=int, default=3000, help="CinC: samples per input")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -248,15 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--augmentation", default="none")
     parser.add_argument("--multi", action="store_true", help="also multi + difference features with ridge")
+    parser.add_argument("--no-model", action="store_true",
+                        help="skip the model trained by the loop (features + ridge only)")
     parser.add_argument("--part", choices=["all", "accuracy", "throughput"], default="all",
                         help="measure only the accuracy or only the throughput")
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
     data = ucr_data() if args.data == "ecg200" else cinc_data(n_records=args.records,
                                                                input_length=args.input_length)
-    seeds = [] if args.part == "throughput" else list(range(args.seeds))
+    seeds = [] if args.part == "throughput" else list(range(args.first_seed, args.first_seed + args.seeds))
     result = run(data, seeds, args.threads, args.epochs, args.lr, args.weight_decay,
-                 args.batch_size, args.augmentation, args.multi, speed=args.part != "accuracy")
+                 args.batch_size, args.augmentation, args.multi, speed=args.part != "accuracy",
+                 model=not args.no_model)
     result["command"] = "python -m ecg_tune.benchmarks.rocket " + " ".join(argv if argv is not None else [])
     for key, stat in result["summary"].items():
         print(f"{key:40s} {stat['mean']:.4f} ± {stat['sd']:.4f}")
