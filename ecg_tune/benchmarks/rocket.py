@@ -182,8 +182,8 @@ def throughput(x: np.ndarray, threads: int, rounds: int = 3) -> dict[str, float]
 
 def run(data: RocketData, seeds: list[int], threads: int, epochs: int, lr: float,
         weight_decay: float, batch_size: int, augmentation: str, multi: bool,
-        speed: bool = True, log: Callable[[str], None] = print, model: bool = True) -> dict[str, Any]:
-    """Accuracy per seed (none when `seeds` is empty) and, when `speed`, the throughput; `model`:
+        speed: bool = True, log: Callable[[str], None] = print, with_model: bool = True) -> dict[str, Any]:
+    """Accuracy per seed (none when `seeds` is empty) and, when `speed`, the throughput; `with_model`:
     also the model trained by the loop (its windowed ridge fit is the slowest part on CinC)."""
     torch.set_num_threads(threads)
     train_x = fitted_inputs(data.tensors, data.train, data.input_length)
@@ -202,7 +202,7 @@ def run(data: RocketData, seeds: list[int], threads: int, epochs: int, lr: float
             model = torch_model(train_x, n_classes, seed, rocket_pooling="multi", rocket_difference=True)
             row["ours_multi_ridge"] = ridge_accuracy(torch_features(model, train_x), train_y,
                                                      torch_features(model, test_x), test_y)
-        if model:
+        if with_model:
             row["ours_model"] = loop_head(data, seed, test_x, 1, lr, weight_decay, batch_size, "none", head="ridge")
         if epochs:
             row["ours_loop"] = loop_head(data, seed, test_x, epochs, lr, weight_decay, batch_size, augmentation)
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [] if args.part == "throughput" else list(range(args.first_seed, args.first_seed + args.seeds))
     result = run(data, seeds, args.threads, args.epochs, args.lr, args.weight_decay,
                  args.batch_size, args.augmentation, args.multi, speed=args.part != "accuracy",
-                 model=not args.no_model)
+                 with_model=not args.no_model)
     result["command"] = "python -m ecg_tune.benchmarks.rocket " + " ".join(argv if argv is not None else [])
     for key, stat in result["summary"].items():
         print(f"{key:40s} {stat['mean']:.4f} ± {stat['sd']:.4f}")
