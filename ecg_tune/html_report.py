@@ -36,7 +36,7 @@ import pandas as pd
 
 from ecg_tune.errors import EcgTuneError
 from ecg_tune.runs import BestConfig, RunFolder
-from ecg_tune.training.metrics import direction, running_best
+from ecg_tune.training.metrics import HEADLINE_METRICS, direction, running_best
 
 if TYPE_CHECKING:  # plotly is imported where a figure is built: it costs import time
     from plotly.graph_objects import Figure
@@ -428,8 +428,9 @@ def _header(run: RunFolder, best: BestConfig, trials: pd.DataFrame, parameters: 
     ]
     if report is not None:
         test = report["test"]
-        headline = "; ".join(f"{k} {test[k]:.3f} [{test['ci95'][k][0]:.3f}, {test['ci95'][k][1]:.3f}]"
-                             for k in ("accuracy", "macro_f1", "cinc_f1") if k in test and k in test["ci95"])
+        from ecg_tune.report import headline as report_headline
+
+        headline = report_headline(test, "; ")
         rows.append(("Test set", _e(f"{headline} on {test['n_records']} held-out records, "
                                     f"refitted for {_epochs(report['epochs'])}") + " (<a href=\"#test\">details</a>)"))
     else:
@@ -454,7 +455,7 @@ def _where_set(trials: pd.DataFrame, name: str) -> str:
     return f" (in {given} of {len(trials)} trials)" if given < len(trials) else ""
 
 
-_STATUS_WORDS = {"completed": "completed", "stopped": "stopped early by the scheduler", "errored": "failed"}
+_STATUS_WORDS = {"stopped": "stopped early by the scheduler", "errored": "failed"}
 
 
 def _clock(histories: dict[str, pd.DataFrame], metric: str) -> tuple[float, float] | None:
@@ -564,10 +565,15 @@ def _progress_figure(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], m
         origin = (_clock(histories, metric) or (0.0, 0.0))[0]
         x_label, unit, dots = "seconds since the search started", " s", "a trial's epoch"
         for trial_id, history in histories.items():
-            reports = timed_reports({trial_id: history}, metric, started=origin)
-            if reports is not None:
-                points += [(float(t), float(v), trial_id, epoch) for epoch, (t, v)
-                           in enumerate(zip(reports[0], reports[1], strict=True), start=1)]
+            if history is None or metric not in history.columns:
+                continue
+            # The epoch is the report's own training_iteration, not its position: rows without a
+            # score are left out, as timed_reports leaves them out.
+            frame = history.reindex(columns=[metric, "timestamp", "training_iteration"]).apply(
+                pd.to_numeric, errors="coerce").dropna(subset=[metric, "timestamp"])
+            points += [(float(t) - origin, float(v), trial_id, None if math.isnan(e) else int(e))
+                       for t, v, e in zip(frame["timestamp"], frame[metric], frame["training_iteration"],
+                                          strict=True)]
     else:
         x_all, y_all = per_trial_order(trials, histories, metric)
         x_label, unit, dots = "trial number", "", "a trial's best epoch"
@@ -598,12 +604,12 @@ def _progress_figure(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], m
 def _curves_figure(histories: dict[str, pd.DataFrame], metric: str, winner: str) -> Figure:
     import plotly.graph_objects as go
 
-    from ecg_tune.report import _curve
+    from ecg_tune.report import metric_curve
 
     figure = go.Figure()
     # The winner is drawn last, so it stays on top of the others.
     for trial_id, history in sorted(histories.items(), key=lambda item: item[0] == winner):
-        curve = _curve(history, metric)
+        curve = metric_curve(history, metric)
         if curve is None:
             continue
         is_winner = trial_id == winner
@@ -803,14 +809,13 @@ def _test_section(best: BestConfig, report: dict[str, Any], histories: dict[str,
     return "\n".join(parts)
 
 
-_HEADLINE = ("accuracy", "macro_f1", "cinc_f1")
 
 
 def _test_metrics_figure(report: dict[str, Any]) -> Figure:
     import plotly.graph_objects as go
 
     test, validation = report["test"], report.get("validation") or {}
-    names = [k for k in _HEADLINE if k in test]
+    names = [k for k in HEADLINE_METRICS if k in test]
     values = [float(test[k]) for k in names]
     intervals = [test["ci95"].get(k) for k in names]
     figure = go.Figure(go.Scatter(
@@ -832,7 +837,7 @@ def _test_metrics_figure(report: dict[str, Any]) -> Figure:
 
 def _metrics_table(test: dict[str, Any], validation: dict[str, Any]) -> str:
     rows = []
-    for name in (k for k in _HEADLINE if k in test):
+    for name in (k for k in HEADLINE_METRICS if k in test):
         ci = test["ci95"].get(name)
         val = validation.get(f"val_{name}")
         rows.append(f"<tr><th>{_e(name)}</th><td>{test[name]:.3f}</td>"
@@ -890,15 +895,15 @@ def _winner_curves_figure(history: pd.DataFrame | None, metric: str, epochs: int
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from ecg_tune.report import _curve
+    from ecg_tune.report import metric_curve
 
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     for column, colour, dash in (("train_loss", "#1f77b4", "solid"), ("val_loss", "#d62728", "dot")):
-        curve = _curve(history, column)
+        curve = metric_curve(history, column)
         if curve is not None:
             figure.add_trace(go.Scatter(x=curve[0], y=curve[1], name=column, mode="lines+markers",
                                         line={"color": colour, "dash": dash}), secondary_y=False)
-    curve = _curve(history, metric)
+    curve = metric_curve(history, metric)
     if curve is not None and metric not in ("train_loss", "val_loss"):
         figure.add_trace(go.Scatter(x=curve[0], y=curve[1], name=metric, mode="lines+markers",
                                     line={"color": "#2ca02c"}), secondary_y=True)

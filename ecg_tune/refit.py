@@ -161,7 +161,7 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     from ecg_tune.bundle import save_bundle
     from ecg_tune.html_report import write_html_report
     from ecg_tune.models.svm import SVMStage
-    from ecg_tune.report import plot_confusion, plot_search_overview, plot_training_curves, test_metrics
+    from ecg_tune.report import headline, plot_confusion, plot_search_overview, plot_training_curves, test_metrics
     from ecg_tune.training.network import build_network
 
     setup = refit_setup(run)
@@ -196,14 +196,11 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
                          run.path / "training_curves.png")
     plot_search_overview(run.trials(), histories, best.metric, run.path / "search_overview.png")
     html = write_html_report(run, histories)
-    headline = " ".join(f"{k} {test[k]:.3f} [{test['ci95'][k][0]:.3f}, {test['ci95'][k][1]:.3f}]"
-                        for k in ("accuracy", "macro_f1", "cinc_f1") if k in test)
-    print(f"test ({test['n_records']} records, once): {headline}", flush=True)
+    print(f"test ({test['n_records']} records, once): {headline(test)}", flush=True)
     print(f"refit results in {run.path}: report.json, report.html, confusion_matrix.png, training_curves.png, "
           f"search_overview.png, test_predictions.csv, model/", flush=True)
-    if run.tracking() is not None:  # a --mlflow search: to its parent run (mlflow imported only then)
-        from ecg_tune.tracking import log_refit
+    from ecg_tune.tracking import log_refit  # does nothing (imports no MLflow) unless --mlflow
 
-        log_refit(run, test, [run.path / name for name in ("confusion_matrix.png", "training_curves.png",
+    log_refit(run, test, [run.path / name for name in ("confusion_matrix.png", "training_curves.png",
                                                            "search_overview.png")] + [html.path])
     return RefitResult(run=run, report=report, epochs=epochs)

@@ -25,6 +25,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from ecg_tune.training.metrics import (
     CINC_CLASSES,
+    HEADLINE_METRICS,
     best_index,
     best_value,
     classification_metrics,
@@ -259,7 +260,7 @@ def plot_training_curves(refit_history: list[dict], best_trial: pd.DataFrame | N
     ax_refit.set_title("Refit on train + validation")
 
     # Panel 2: the winner's validation metric and loss; scales differ, hence two y axes.
-    best = _curve(best_trial, metric)
+    best = metric_curve(best_trial, metric)
     if best is not None:
         epochs, values = best
         ax_best.plot(epochs, values, marker="o", markersize=3, color="tab:orange", label=metric)
@@ -271,7 +272,7 @@ def plot_training_curves(refit_history: list[dict], best_trial: pd.DataFrame | N
         ax_best.axvline(epochs[peak], color="tab:orange", linestyle="--", linewidth=1,
                         label=f"best epoch {epochs[peak]:g}")
         handles, labels = ax_best.get_legend_handles_labels()
-        loss = _curve(best_trial, "val_loss")
+        loss = metric_curve(best_trial, "val_loss")
         if loss is not None and metric != "val_loss":
             ax_loss = ax_best.twinx()
             ax_loss.plot(loss[0], loss[1], color="tab:red", linestyle="-.", label="val_loss")
@@ -288,7 +289,7 @@ def plot_training_curves(refit_history: list[dict], best_trial: pd.DataFrame | N
     for history in (trials or {}).values():
         if history is best_trial:
             continue
-        curve = _curve(history, metric)
+        curve = metric_curve(history, metric)
         if curve is not None:
             ax_all.plot(curve[0], curve[1], color="0.6", linewidth=0.8, alpha=0.7)
             drawn += 1
@@ -384,6 +385,12 @@ def timed_reports(histories: dict[str, pd.DataFrame], metric: str, started: floa
     return time[order], value[order]
 
 
+def headline(test: dict, separator: str = " ") -> str:
+    """A test report's headline figures with their 95 % intervals, e.g. `accuracy 0.861 [0.841, 0.881]`."""
+    return separator.join(f"{k} {test[k]:.3f} [{test['ci95'][k][0]:.3f}, {test['ci95'][k][1]:.3f}]"
+                          for k in HEADLINE_METRICS if k in test and k in test.get("ci95", {}))
+
+
 def per_trial_order(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], metric: str
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Each trial's best metric in trial order: from the table, else from the histories."""
@@ -393,7 +400,7 @@ def per_trial_order(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], me
     else:
         scores = []
         for history in histories.values():
-            curve = _curve(history, metric)
+            curve = metric_curve(history, metric)
             scores.append(np.nan if curve is None else best_value(metric, curve[1]))
         scores = np.asarray(scores, dtype=float)
     number = np.arange(1, len(scores) + 1)
@@ -423,7 +430,7 @@ def _per_value_panel(ax: Axes, key: str, values: pd.Series, scores: pd.Series, m
 # Helpers
 # --------------------------------------------------------------------------------------------
 
-def _curve(history: pd.DataFrame | None, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+def metric_curve(history: pd.DataFrame | None, column: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(epochs, values) of one column of a trial's history, or None when there is nothing."""
     if history is None or not isinstance(history, pd.DataFrame) or column not in history.columns:
         return None

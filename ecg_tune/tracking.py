@@ -38,6 +38,7 @@ from ray.tune import Callback
 from ecg_tune.errors import ConfigError
 from ecg_tune.runs import RunFolder, TrackingRecord
 from ecg_tune.search.trainable import sampled_values
+from ecg_tune.training.metrics import HEADLINE_METRICS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -255,7 +256,7 @@ def log_refit(run: RunFolder, test: dict[str, Any], files: list[Path]) -> None:
 def test_metrics_flat(test: dict[str, Any]) -> dict[str, float]:
     """report.py's test report as MLflow metric names: test_<name>, its interval bounds, the
     weighted and per-class figures (`metric_name`)."""
-    flat = {f"test_{key}": float(test[key]) for key in ("accuracy", "macro_f1", "cinc_f1", "n_records")
+    flat = {f"test_{key}": float(test[key]) for key in (*HEADLINE_METRICS, "n_records")
             if key in test}
     for key, (low, high) in test.get("ci95", {}).items():
         flat[f"test_{key}_ci_low"], flat[f"test_{key}_ci_high"] = float(low), float(high)

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CINC = SHARED_DATA / "cinc2017" / "training2017"
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.05) -> object:
+    """Poll `condition` until it returns something truthy (returned); fail the test naming `what`
+    after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
 
 needs_shared_data = pytest.mark.skipif(
     not CINC.is_dir(), reason=f"needs the shared data folder {SHARED_DATA} (not present here)"

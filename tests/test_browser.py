@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -49,16 +50,6 @@ def severe_console_messages(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def wait_for(condition, timeout: float = 30.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    return condition()
-
-
 @pytest.fixture(scope="module")
 def refitted_run(refitted_smoke_run: tuple[Path, str]) -> Path:
     return refitted_smoke_run[0]  # conftest.py: one search + refit shared with test_html_report.py
@@ -71,8 +62,9 @@ def test_report_html_draws_every_plot_without_a_script_error(browser, refitted_r
     assert expected >= 6, "the page defines fewer plots than a refitted search has"
     # A drawn plotly figure holds an SVG of class main-svg inside its div.
     drawn = wait_for(lambda: len(browser.find_elements("css selector", ".js-plotly-plot .main-svg")) >= expected
-                     and browser.find_elements("css selector", ".js-plotly-plot"), timeout=60)
-    assert drawn and len(drawn) == expected, f"{len(drawn or [])} of {expected} plots drawn"
+                     and browser.find_elements("css selector", ".js-plotly-plot"), 60,
+                     f"all {expected} plots to be drawn", poll=0.5)
+    assert len(drawn) == expected, f"{len(drawn)} of {expected} plots drawn"
     messages = severe_console_messages(browser)
     assert not messages, messages
     text = browser.find_element("tag name", "body").text
@@ -112,8 +104,7 @@ def test_the_ray_dashboard_opens_with_the_token_cookie(browser, tmp_path: Path) 
         browser.get(url + "/#/cluster")
         assert browser.title.endswith("Ray Dashboard")
         body = wait_for(lambda: (text := browser.find_element("tag name", "body").text) and "127.0.0.1" in text
-                        and text, timeout=60)
-        assert body and "127.0.0.1" in body, "the cluster page listed no node"
+                        and text, 60, "the cluster page to list the node (127.0.0.1)", poll=0.5)
         assert not re.search(r"unauthori[sz]ed|401", body, re.IGNORECASE)
         messages = severe_console_messages(browser)
         # Every API call was authorised by the cookie; the dashboard's own optional endpoints may

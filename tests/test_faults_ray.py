@@ -33,6 +33,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from conftest import wait_for
 from ray import tune
 
 from ecg_tune.data import prepare
@@ -183,16 +184,6 @@ def results(trial_dir: Path) -> list[dict]:
 
 def trial_dirs(out: Path) -> list[Path]:
     return sorted(p for p in (out / "experiment").glob("train_trial_*") if p.is_dir())
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @dataclass

@@ -63,6 +63,8 @@ def _base(metric: str) -> str:
 # Reported with every epoch: True when the run ends after it by itself (its last epoch, early
 # stopping, a closed-form fit), so that a trial the scheduler stopped can be told from one that
 # finished (training/loop.py sets it; the searcher, the exports and the progress read it).
+# A test report's headline figures, in this order (the refit's line, report.html, MLflow).
+HEADLINE_METRICS = ("accuracy", "macro_f1", "cinc_f1")
 FINISHED = "finished"
 
 
