@@ -6,7 +6,10 @@
     <out>/experiment/          Ray Tune's experiment (per trial: params.json, result.json, ...), unless
                                --storage put it elsewhere: then <out>/storage.json says where (storage.py)
     <out>/.search.lock         held while a search or refit writes to the folder
+    <out>/space.json           the search space as adapted to the data (`AdaptedSpace.to_record`)
     <out>/report.json          the refit's test report; model/ the exported bundle
+    <out>/report.html          the search and test report on one page (ecg_tune/reporting/)
+    <out>/*.png, test_predictions.csv  the refit's pictures and per-record test predictions
     <out>/mlflow.json          --mlflow: the tracking URI and the search's parent run (`TrackingRecord`);
                                with the default URI, <out>/mlflow.db and <out>/mlartifacts/ hold the runs
 
@@ -34,6 +37,7 @@ from ecg_tune.data.split import save_split
 from ecg_tune.errors import EcgTuneError, validation_message
 from ecg_tune.storage import ExperimentStorage
 from ecg_tune.training.metrics import SPREAD_SUFFIX
+from ecg_tune.training.reported import TRAINING_ITERATION
 
 TrialStatus = Literal["completed", "stopped", "errored"]
 _HELD: set[Path] = set()  # run folders this process holds the lock of (a search's refit re-enters it)
@@ -85,10 +89,57 @@ class TrialRecord:
     def flat(self) -> dict[str, Any]:
         row: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status, "epochs": self.epochs,
                                "best_epoch": self.best_epoch}
-        row.update({f"config/{k}": _plain(v) for k, v in self.config.items()})
-        row.update({f"final/{k}": v for k, v in self.final.items()})
-        row.update({f"best/{k}": v for k, v in self.best.items()})
+        row.update({f"{_CONFIG}{k}": _plain(v) for k, v in self.config.items()})
+        row.update({f"{_FINAL}{k}": v for k, v in self.final.items()})
+        row.update({f"{_BEST}{k}": v for k, v in self.best.items()})
         return row
+
+
+# trials.csv's column groups: `TrialRecord.flat` writes them, `TrialTable` reads them; no other
+# module knows these prefixes.
+_CONFIG, _FINAL, _BEST = "config/", "final/", "best/"
+_INFO = ("trial_id", "status", "epochs", "best_epoch")
+
+
+@dataclass(frozen=True)
+class TrialTable:
+    """trials.csv as typed parts, one row per trial in the table's order (index: trial id).
+
+    `config`: one column per config key (NaN where a trial did not set a conditional key);
+    `final` / `best`: one column per reported key, at the trial's last epoch / its best value over
+    the epochs (spreads at the epoch where their metric was best); `info`: status, epochs,
+    best_epoch.
+    """
+
+    info: pd.DataFrame
+    config: pd.DataFrame
+    final: pd.DataFrame
+    best: pd.DataFrame
+
+    @classmethod
+    def from_frame(cls, table: pd.DataFrame) -> TrialTable:
+        """The parts of a table shaped like trials.csv (`TrialRecord.flat` rows)."""
+        if "trial_id" in table:
+            table = table.set_index(table["trial_id"].astype(str), drop=False)
+        table.index.name = "trial_id"
+
+        def part(prefix: str) -> pd.DataFrame:
+            columns = [c for c in table.columns if str(c).startswith(prefix)]
+            return table[columns].rename(columns=lambda c: str(c)[len(prefix):])
+
+        info = table[[c for c in _INFO if c in table.columns]]
+        return cls(info=info, config=part(_CONFIG), final=part(_FINAL), best=part(_BEST))
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+    @property
+    def empty(self) -> bool:
+        return len(self.info) == 0
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(i) for i in self.info.index]
 
 
 class TrackingRecord(BaseModel):
@@ -222,9 +273,39 @@ class RunFolder:
         return table
 
     def trials(self) -> pd.DataFrame:
-        """trials.csv (an empty table when the search wrote none)."""
+        """trials.csv as written (an empty table when the search wrote none); `trial_table` gives
+        its parts typed."""
         path = self.path / "trials.csv"
         return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+    def trial_table(self) -> TrialTable:
+        """trials.csv as a `TrialTable` (empty parts when the search wrote none)."""
+        return TrialTable.from_frame(self.trials())
+
+    # the adapted space -----------------------------------------------------------------------
+
+    @property
+    def space_path(self) -> Path:
+        return self.path / "space.json"
+
+    def write_space(self, record: dict[str, Any]) -> None:
+        """space.json: the search space as adapted to the data (`AdaptedSpace.to_record()`)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.space_path.write_text(json.dumps(record, indent=2, default=_plain) + "\n")
+
+    def space_record(self) -> dict[str, Any] | None:
+        """space.json's content (`AdaptedSpace.from_record` types it); None for runs written before
+        it existed."""
+        path = self.space_path
+        if not path.is_file():
+            return None
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise EcgTuneError(f"{path}: not a readable space record ({exc})") from None
+        if not isinstance(content, dict):
+            raise EcgTuneError(f"{path}: not a space record (a JSON {type(content).__name__}, not an object)")
+        return content
 
     # Tune's per-trial results ----------------------------------------------------------------
 
@@ -242,8 +323,8 @@ class RunFolder:
                 raise EcgTuneError(f"{storage.describe()}/{folder}/result.json: not JSON lines ({exc})") from None
             if rows:
                 frame = pd.DataFrame(rows)
-                if "training_iteration" in frame:
-                    frame = frame.drop_duplicates("training_iteration", keep="last").reset_index(drop=True)
+                if TRAINING_ITERATION in frame:
+                    frame = frame.drop_duplicates(TRAINING_ITERATION, keep="last").reset_index(drop=True)
                 histories[str(rows[0].get("trial_id", folder))] = frame
         return histories
 
