@@ -72,8 +72,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     import time
 
     from ecg_tune.pipeline import DataOptions, PipelineOptions, RefitOptions, run_pipeline
+    from ecg_tune.search.plan import SearchOptions
     from ecg_tune.search.space_file import load_space
-    from ecg_tune.search.tuner import SearchOptions
 
     space = load_space(args.space)  # a bad space file fails before anything else
     if args.resume and not args.out:

@@ -25,10 +25,10 @@ from ecg_tune.data.split import split_digest
 from ecg_tune.errors import ConfigError, SearchInterrupted
 from ecg_tune.refit import RefitOptions, RefitResult, run_refit
 from ecg_tune.runs import BestConfig, RunFolder, is_best_config, read_best_config
-from ecg_tune.search.adapt import DataFacts, adapt
+from ecg_tune.search.adapt import AdaptedSpace, DataFacts, adapt
+from ecg_tune.search.plan import Plan, SearchOptions, make_plan
 from ecg_tune.search.space import SearchSpace
 from ecg_tune.search.space_file import load_space
-from ecg_tune.search.tuner import Plan, SearchOptions, make_plan
 from ecg_tune.storage import ExperimentStorage
 
 __all__ = ["DataOptions", "PipelineOptions", "PipelineResult", "RefitOptions", "TrainOptions",
@@ -70,7 +70,7 @@ class PipelineOptions:
 @dataclass
 class PipelineResult:
     run: RunFolder
-    space: SearchSpace  # adapted to the data
+    space: AdaptedSpace
     plan: Plan
     best: BestConfig | None = None  # None on a dry run
     refit: RefitResult | None = None
@@ -99,41 +99,43 @@ def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: 
         if resumed_split:
             data = DataOptions(data.source, data.label_column, run.split_path, data.seed)
         dataset = data.load()
-    facts = DataFacts.from_dataset(dataset)
-    space = adapt(space, facts)
+    adapted = adapt(space, DataFacts.from_dataset(dataset))  # the one adaptation of this search
     log(f"data: {dataset.summary()}")
     if options.dry_run:
         from ecg_tune.search.describe import describe
         from ecg_tune.training.folds import choose_validation
 
-        log(describe(space, facts))
+        log(describe(adapted))
         cpus, gpus = _local_resources()
-        plan = make_plan(search, space, facts, cpus, gpus, choose_validation(dataset, search.cv, search.seed))
+        plan = make_plan(search, adapted, cpus, gpus, choose_validation(dataset, search.cv, search.seed))
         where = f"the cluster at {search.address}" if search.address else "this machine"
         log(f"plan on {where} ({cpus:g} CPUs, {gpus:g} GPUs): {plan.describe()}")
         log(f"results would go to {run.path}")
-        return PipelineResult(run=run, space=space, plan=plan)
+        return PipelineResult(run=run, space=adapted, plan=plan)
 
     with run.lock():  # a second search on the same --out is refused before it writes anything
-        return _search_and_refit(options, run, space, dataset, resumed_split, log)
+        return _search_and_refit(options, run, adapted, dataset, resumed_split, log)
 
 
-def _search_and_refit(options: PipelineOptions, run: RunFolder, space: SearchSpace, dataset: Dataset,
+def _search_and_refit(options: PipelineOptions, run: RunFolder, space: AdaptedSpace, dataset: Dataset,
                       resumed_split: bool, log: Log) -> PipelineResult:
     from ecg_tune.search.export import write_results
-    from ecg_tune.search.tuner import run_search
+    from ecg_tune.search.tuner import prepare_search, run_search
+    from ecg_tune.tracking import SearchTracking, search_params  # MLflow itself only for a tracked run
 
     search = options.search
+    storage = _storage(search, run)
+    plan, validation = prepare_search(search, space, dataset, storage)
     if not resumed_split:
         run.write_split(dataset)
-    storage = _storage(search, run)
     run.write_storage(storage)
-    from ecg_tune import tracking  # its MLflow calls import mlflow only for a tracked run (mlflow.json)
-
+    run.write_space(space.to_record())
+    tracking = SearchTracking.open(run, search.mlflow, resume=search.resume,
+                                   params=search_params(plan, space.name, dataset.records.source, search.seed))
     try:
-        results, plan = run_search(search, space, dataset, storage)
+        results = run_search(search, space, dataset, plan, validation, storage, callbacks=tracking.callbacks)
     except SearchInterrupted:
-        tracking.end_search(run, "KILLED")  # --resume marks it running again
+        tracking.end("KILLED")  # --resume marks it running again
         raise
     best = write_results(results, run, plan.metric, plan.max_epochs, search.seed, dataset.records.source,
                          threads=max(1, int(plan.cpus_per_trial)), cv=plan.folds,
@@ -141,7 +143,7 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: SearchSpa
     spread = f" (mean of {best.cv} folds, std {best.spread:.4f})" if best.spread is not None else ""
     log(f"best {plan.metric} {best.score:.4f}{spread} at epoch {best.epoch} (trial {best.trial_id}): "
         f"{_json(best.config)}")
-    tracking.log_search_end(run, best)
+    tracking.search_end(best)
     log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv; "
         f"Tune's experiment: {storage.describe()}")
     from ecg_tune.html_report import write_html_report  # plotly: only once a search has results
@@ -152,7 +154,7 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: SearchSpa
         gpus = options.refit.gpus if options.refit.gpus is not None else plan.gpus_per_trial
         refit = run_refit(run, options.refit.model_copy(update={"gpus": gpus}))  # ends the MLflow run
     else:
-        tracking.end_search(run)
+        tracking.end()
     return PipelineResult(run=run, space=space, plan=plan, best=best, refit=refit)
 
 

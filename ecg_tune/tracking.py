@@ -3,6 +3,8 @@ Tune trial, and the refit's test report logged to the parent.
 
 This module owns everything that talks to MLflow:
 
+* `SearchTracking`: what the pipeline holds for one search: opened from `--mlflow` (a no-op
+  without it), it hands the tuner its Tune callbacks and logs the search's end;
 * `resolve_uri` / `check_available`: the tracking URI a search logs to (default
   `sqlite:///<out>/mlflow.db`) and the one-line error when MLflow is not installed;
 * `start_search` / `reopen_search`: the parent run (experiment "ecg-tune", named after the --out
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
     from ecg_tune.runs import BestConfig
-    from ecg_tune.search.tuner import Plan
+    from ecg_tune.search.plan import Plan
 
 EXPERIMENT_NAME = "ecg-tune"
 DEFAULT_URI = "default"  # --mlflow without a URI: sqlite:///<out>/mlflow.db
@@ -103,6 +105,33 @@ def search_params(plan: Plan, space: str, data: str, seed: int) -> dict[str, Any
     return {"space": space, "data": data, "metric": plan.metric, "mode": plan.mode, "num_samples": plan.num_samples,
             "time_budget": plan.time_budget, "max_epochs": plan.max_epochs, "searcher": plan.searcher,
             "scheduler": plan.scheduler, "folds": plan.folds, "seed": seed}
+
+
+class SearchTracking:
+    """The MLflow side of one search, held by the pipeline; every method is a no-op when the
+    search is not tracked (no `--mlflow`, or a resumed search that was started without it)."""
+
+    def __init__(self, run: RunFolder, callbacks: list[Callback] | None = None) -> None:
+        self.run = run
+        self.callbacks = list(callbacks or [])  # for the tuner: Tune callbacks that log the trials
+
+    @classmethod
+    def open(cls, run: RunFolder, uri: str | None, *, resume: bool, params: dict[str, Any]) -> SearchTracking:
+        """Start the parent run of a new search (`uri` from --mlflow; None: not tracked), or mark a
+        resumed one running again; Tune restores a resumed search's own TrialTracker."""
+        if uri is None:
+            return cls(run)
+        if resume:
+            reopen_search(run)
+            return cls(run)
+        return cls(run, [start_search(run, uri, params)])
+
+    def search_end(self, best: BestConfig) -> None:
+        log_search_end(self.run, best)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """The parent run ended (KILLED: the search was interrupted and may be resumed)."""
+        end_search(self.run, status)
 
 
 def start_search(run: RunFolder, uri: str, params: dict[str, Any]) -> TrialTracker:

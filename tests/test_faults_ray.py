@@ -40,7 +40,7 @@ from ecg_tune.data import prepare
 from ecg_tune.pipeline import PipelineOptions, PipelineResult, run_pipeline
 from ecg_tune.search.optuna_search import LOST, TUNE_TRIAL_ID, PruningAwareOptunaSearch
 from ecg_tune.search.trainable import STATE_FILE, WARNINGS_FILE, train_trial
-from ecg_tune.search.tuner import SearchOptions
+from ecg_tune.search.plan import SearchOptions
 from ecg_tune.training.folds import choose_validation
 
 ROOT = Path(__file__).resolve().parents[1]

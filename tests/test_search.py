@@ -23,9 +23,9 @@ from ecg_tune.cli import main
 from ecg_tune.data import prepare
 from ecg_tune.errors import ConfigError
 from ecg_tune.pipeline import PipelineOptions, run_pipeline
-from ecg_tune.search.adapt import DataFacts
+from ecg_tune.search.adapt import DataFacts, adapt
 from ecg_tune.search.space_file import load_space
-from ecg_tune.search.tuner import SearchOptions, make_plan
+from ecg_tune.search.plan import SearchOptions, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "scripts" / "search.py")]
@@ -136,22 +136,22 @@ search: {max_epochs: 1}
 def test_resources_follow_the_cluster() -> None:
     space = load_space("smoke")
     facts = DataFacts.from_dataset(prepare("synthetic:40", progress=False))
-    assert make_plan(SearchOptions(out=Path(".")), space, facts, 2, 0).gpus_per_trial == 0
-    plan = make_plan(SearchOptions(out=Path(".")), space, facts, 8, 1)
+    assert make_plan(SearchOptions(out=Path(".")), adapt(space, facts), 2, 0).gpus_per_trial == 0
+    plan = make_plan(SearchOptions(out=Path(".")), adapt(space, facts), 8, 1)
     assert plan.gpus_per_trial == 0.25 and plan.max_concurrent == min(4, plan.num_samples)
     with pytest.raises(ConfigError, match="no GPU"):
-        make_plan(SearchOptions(out=Path("."), gpus_per_trial=0.5), space, facts, 2, 0)
+        make_plan(SearchOptions(out=Path("."), gpus_per_trial=0.5), adapt(space, facts), 2, 0)
 
 
 def test_a_time_budget_is_the_limit_unless_trials_are_capped() -> None:
     space = load_space("full")  # time_budget 480 s, num_samples 40
     facts = DataFacts.from_dataset(prepare("synthetic:40", progress=False))
-    plan = make_plan(SearchOptions(out=Path(".")), space, facts, 2, 0)
+    plan = make_plan(SearchOptions(out=Path(".")), adapt(space, facts), 2, 0)
     assert plan.num_samples is None and plan.time_budget == 480
     assert "until the time budget of 480 s is spent" in plan.describe()
-    capped = make_plan(SearchOptions(out=Path("."), num_samples=7), space, facts, 2, 0)
+    capped = make_plan(SearchOptions(out=Path("."), num_samples=7), adapt(space, facts), 2, 0)
     assert capped.num_samples == 7 and "at most 7 trials or 480 s, whichever comes first" in capped.describe()
-    no_budget = make_plan(SearchOptions(out=Path(".")), load_space("smoke"), facts, 2, 0)
+    no_budget = make_plan(SearchOptions(out=Path(".")), adapt(load_space("smoke"), facts), 2, 0)
     assert no_budget.num_samples == 4 and no_budget.time_budget is None
 
 
@@ -160,14 +160,14 @@ def test_time_fidelity_puts_asha_rungs_on_training_seconds(tmp_path: Path) -> No
 
     facts = DataFacts.from_dataset(prepare("synthetic:40", progress=False))
     budgeted = write_space(tmp_path / "t.yaml", TINY + "search: {max_epochs: 30, time_budget: 240, fidelity: time}\n")
-    plan = make_plan(SearchOptions(out=Path(".")), load_space(str(budgeted)), facts, 2, 0)
+    plan = make_plan(SearchOptions(out=Path(".")), adapt(load_space(str(budgeted)), facts), 2, 0)
     assert plan.fidelity == "time" and plan.grace_seconds == 10  # a 24th of 240 s
     assert "ASHA on training time (grace 10 s" in plan.describe() and "at most 30 epochs" in plan.describe()
     asha = _scheduler(plan)
     assert asha._time_attr == "time_total_s" and asha._brackets[0]._rungs[-1][0] == 10
     given = write_space(tmp_path / "g.yaml", TINY + "search: {fidelity: time, grace_seconds: 7}\n")
-    assert make_plan(SearchOptions(out=Path(".")), load_space(str(given)), facts, 2, 0).grace_seconds == 7
-    epochs = _scheduler(make_plan(SearchOptions(out=Path(".")), load_space("smoke"), facts, 2, 0))
+    assert make_plan(SearchOptions(out=Path(".")), adapt(load_space(str(given)), facts), 2, 0).grace_seconds == 7
+    epochs = _scheduler(make_plan(SearchOptions(out=Path(".")), adapt(load_space("smoke"), facts), 2, 0))
     assert epochs._time_attr == "training_iteration"
 
 

@@ -4,6 +4,7 @@ real Optuna study, as OptunaSearch would drive it."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import warnings
@@ -14,7 +15,7 @@ import pytest
 
 from ecg_tune.config import make_config
 from ecg_tune.errors import ConfigError
-from ecg_tune.search.adapt import DataFacts, adapt
+from ecg_tune.search.adapt import AdaptedSpace, DataFacts, adapt
 from ecg_tune.search.describe import describe
 from ecg_tune.search.samplers import define_by_run, grid, optuna_trial_values
 from ecg_tune.search.space_file import load_space, shipped_names, shipped_spaces
@@ -63,14 +64,17 @@ def test_shipped_space_adapts(name: str, facts: DataFacts) -> None:
     space = load_space(name)
     assert space.shipped and space.name == name and space.description
     eff = adapt(space, facts)
-    assert adapt(eff, facts) == eff  # idempotent
+    assert eff.declared == space
+    assert adapt(eff.space, facts).space == eff.space  # idempotent
+    # space.json: the record gives back the same value (kinds, ranges, log scales, notes, facts)
+    assert AdaptedSpace.from_record(json.loads(json.dumps(eff.to_record()))) == eff
     for key, p in eff.parameters.items():
         for v in p.possible():
             make_config({key: v})
     if "input_length" in eff.parameters:
         assert max(eff.parameters["input_length"].possible()) <= facts.max_length
-    text = describe(space, facts)
-    assert name in text and "max_epochs" in text and "levels" in text
+    text = describe(eff)
+    assert name in text and "levels" in text
 
 
 def test_shipped_space_caps_for_short_data() -> None:
@@ -81,7 +85,7 @@ def test_shipped_space_caps_for_short_data() -> None:
     # sym4, the longest filter, keeps a 12-sample approximation of 96 samples at level 4 (db2 an
     # 8-sample one: each trial's levels are bounded again by its own wavelet).
     assert (levels.low, levels.high) == (1, 4)
-    assert "capped" in describe(load_space("full"), UCR_LIKE)
+    assert "capped" in describe(adapt(load_space("full"), UCR_LIKE))
     smoke = adapt(load_space("smoke"), UCR_LIKE)
     assert smoke.parameters["input_length"].value == 96
 
@@ -113,7 +117,7 @@ def test_settings_defaults_when_absent(tmp_path: Path) -> None:
 
 
 def _run_study(space_name: str, facts: DataFacts, sampler: optuna.samplers.BaseSampler, n: int) -> list[dict]:
-    fn = define_by_run(load_space(space_name), facts)
+    fn = define_by_run(adapt(load_space(space_name), facts))
     study = optuna.create_study(direction="maximize", sampler=sampler)
     configs = []
     for _ in range(n):
@@ -146,7 +150,7 @@ def test_full_define_by_run(facts: DataFacts, multivariate: bool) -> None:
 
 
 def test_define_by_run_returns_constants_not_suggested() -> None:
-    fn = define_by_run(load_space("smoke"), CINC_LIKE)
+    fn = define_by_run(adapt(load_space("smoke"), CINC_LIKE))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
     returned = fn(trial)
@@ -157,7 +161,7 @@ def test_define_by_run_returns_constants_not_suggested() -> None:
 def test_levels_choice_clamped_per_trial() -> None:
     # seed_grid's levels is a categorical [6, 4]; Optuna forbids changing a categorical's
     # choices between trials, so a too-deep level is clamped in the returned dict instead.
-    fn = define_by_run(load_space("seed_grid"), TINY)
+    fn = define_by_run(adapt(load_space("seed_grid"), TINY))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(40):
@@ -178,31 +182,31 @@ def test_levels_choice_clamped_per_trial() -> None:
 
 
 def test_seed_grid_has_72_configs() -> None:
-    rows = grid(load_space("seed_grid"), CINC_LIKE)
+    rows = grid(adapt(load_space("seed_grid"), CINC_LIKE))
     assert len(rows) == 72
     assert len({tuple(sorted(r.items())) for r in rows}) == 72
     for row in rows:
         _check_config(row, CINC_LIKE)
         assert row["input_length"] == 9000
     assert sum(r["transform"] == "wavelet" for r in rows) == 48
-    assert "Grid: 72 configs" in describe(load_space("seed_grid"), CINC_LIKE)
+    assert "Grid: 72 configs" in describe(adapt(load_space("seed_grid"), CINC_LIKE))
 
 
 def test_seed_grid_on_short_data_drops_duplicates() -> None:
     # 96 samples, keeping the 5 samples simple_cnn needs: haar's levels 6 and 4 both become 4,
     # so its two grid points collapse into one; db2's become 5 and 4 and stay apart. On 40
     # samples both wavelets collapse (db2 and haar at most level 3).
-    assert len(grid(load_space("seed_grid"), UCR_LIKE)) == 60
-    rows = grid(load_space("seed_grid"), TINY)
+    assert len(grid(adapt(load_space("seed_grid"), UCR_LIKE))) == 60
+    rows = grid(adapt(load_space("seed_grid"), TINY))
     assert len(rows) == 48
     for row in rows:
         _check_config(row, TINY)
-    assert "Grid: 48 configs" in describe(load_space("seed_grid"), TINY)
+    assert "Grid: 48 configs" in describe(adapt(load_space("seed_grid"), TINY))
 
 
 def test_grid_refuses_ranges() -> None:
     with pytest.raises(ConfigError, match=r"full\.yaml: depth: a grid space \(search: searcher: grid\) takes only choices"):
-        grid(load_space("full"), CINC_LIKE)
+        grid(adapt(load_space("full"), CINC_LIKE))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +339,7 @@ def test_a_space_built_in_python_equals_its_file(tmp_path: Path) -> None:
     read = load_space(path)
     assert built.parameters == read.parameters and built.search == read.search
     assert isinstance(built.parameters["lr"], FloatRange) and built.parameters["levels"].when == {"transform": ("wavelet",)}
-    assert re.search(r"levels +int +2\.\.4 +when transform = wavelet", describe(built, CINC_LIKE))
+    assert re.search(r"levels +int +2\.\.4 +when transform = wavelet", describe(adapt(built, CINC_LIKE)))
     with pytest.raises(ConfigError, match=r"^mine\.yaml: levels: when: transform: bands is not a value"):
         SearchSpace.from_mapping({"transform": Choice(values=("none", "wavelet")),
                                   "levels": IntRange(low=2, high=4, when={"transform": "bands"})}, where="mine.yaml")
@@ -358,7 +362,7 @@ def test_start_points_are_checked_and_shown(tmp_path: Path) -> None:
     path = _user_space(tmp_path, "start:\n  - {model: cnn_svm, lr: 0.000777}\n  - {transform: wavelet, levels: 3}\n" + START)
     space = load_space(path)
     assert space.start == ({"model": "cnn_svm", "lr": 0.000777}, {"transform": "wavelet", "levels": 3})
-    text = describe(space, CINC_LIKE)
+    text = describe(adapt(space, CINC_LIKE))
     assert "Start point 1 (runs first; keys left out are sampled): model=cnn_svm, lr=0.000777" in text
 
 

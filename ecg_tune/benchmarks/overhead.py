@@ -169,7 +169,7 @@ def search_memory(dataset: Dataset, concurrent: int, max_epochs: int, log: Calla
     import ray
 
     from ecg_tune.pipeline import PipelineOptions, run_pipeline
-    from ecg_tune.search.tuner import SearchOptions
+    from ecg_tune.search.plan import SearchOptions
 
     cpus = ray.cluster_resources().get("CPU", 1)
     with tempfile.TemporaryDirectory() as folder:
@@ -232,7 +232,7 @@ def run_gpu_benchmark(dataset: Dataset, shares: tuple[int, ...] = (1, 2, 4, 8), 
     import ray
 
     from ecg_tune.pipeline import PipelineOptions, run_pipeline
-    from ecg_tune.search.tuner import SearchOptions
+    from ecg_tune.search.plan import SearchOptions
 
     ray.init(num_gpus=1, include_dashboard=False, log_to_driver=False)
     cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)

@@ -49,7 +49,7 @@ from ecg_tune.benchmarks.common import value_at
 from ecg_tune.config import TrainConfig, default_value, make_config
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
-from ecg_tune.search.adapt import DataFacts, adapt, space_min_input
+from ecg_tune.search.adapt import DataFacts, adapt
 from ecg_tune.search.parameters import Constant
 from ecg_tune.search.samplers import clamped_to_limits
 from ecg_tune.search.space import SearchSpace, space_error, yaml_type
@@ -139,15 +139,13 @@ def describe(point: dict[str, Any]) -> str:
 def candidate_configs(candidates: Candidates, dataset: Dataset, seed: int, max_epochs: int) -> list[TrainConfig]:
     """Each candidate as the TrainConfig a search would run for it on this data (see the module
     docstring), with `max_epochs` epochs and `seed`."""
-    facts = DataFacts.from_dataset(dataset)
-    space = adapt(candidates.space, facts)
-    min_input = space_min_input(space.parameters)
+    space = adapt(candidates.space, DataFacts.from_dataset(dataset))
     configs = []
     for number, point in enumerate(space.start, 1):
         point = dict(point)
         constants = {key: p.value for key, p in space.parameters.items() if isinstance(p, Constant)
                      and p.active({ref: point.get(ref, default_value(ref)) for ref in p.when})}
-        values = {**constants, **point, **clamped_to_limits(point, facts, min_input),
+        values = {**constants, **point, **clamped_to_limits(point, space.facts, space.min_input),
                   "epochs": max_epochs, "seed": seed}
         configs.append(make_config(values, where=f"{candidates.where}: candidate {number}"))
     return configs

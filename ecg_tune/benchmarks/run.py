@@ -182,7 +182,7 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
 def _quality_search(options: BenchmarkOptions, dataset: Dataset, run_dir: Path) -> Path:
     """The `full` search (with its refit) that `benchmark quality` measures, within --search-budget."""
     from ecg_tune.pipeline import PipelineOptions, RefitOptions, run_pipeline
-    from ecg_tune.search.tuner import SearchOptions
+    from ecg_tune.search.plan import SearchOptions
 
     budget = 90.0 if options.quick else options.search_budget or 1500.0
     search = SearchOptions(out=run_dir, time_budget=budget, num_samples=options.search_trials or 200)

@@ -47,7 +47,8 @@ def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0
     import ray
 
     from ecg_tune.pipeline import PipelineOptions, run_pipeline
-    from ecg_tune.search.tuner import SearchOptions, start_ray
+    from ecg_tune.search.plan import SearchOptions
+    from ecg_tune.search.tuner import start_ray
 
     strategies = strategies or list(STRATEGIES)
     runs: list[dict] = []

@@ -10,13 +10,18 @@ space's models accept, `min_input_length`). This module knows no transform or mo
   trial at its own (search/samplers.py, through `trial_limits`).
 * A user's own space is checked instead: a value that cannot work is a ConfigError naming the
   file and the key.
+
+`adapt()` runs once per search (the pipeline calls it) and returns an `AdaptedSpace`: the declared
+space, the effective one, the data facts and a note per changed parameter. The samplers,
+`describe`, `make_plan` and the benchmarks take that value; the run folder keeps it as space.json
+(`to_record` / `from_record`), so a report reads the real parameter kinds and scales.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,8 +30,8 @@ from ecg_tune.config import default_value
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError
 from ecg_tune.models import MODELS
-from ecg_tune.search.parameters import Choice, Constant, IntRange, ParameterBase, fmt
-from ecg_tune.search.space import SearchSpace, check_value
+from ecg_tune.search.parameters import Choice, Constant, IntRange, Parameter, ParameterBase, fmt
+from ecg_tune.search.space import SearchSettings, SearchSpace, check_value
 from ecg_tune.signal.transforms import TRANSFORMS, BatchTransform
 
 # The trial's length when a space has no input_length: TrainConfig's None means the training
@@ -67,10 +72,90 @@ class DataFacts:
         return max(_MIN_INPUT_LENGTH, self.median_length)
 
 
-def adapt(space: SearchSpace, facts: DataFacts) -> SearchSpace:
-    """The effective space for this data (idempotent). See the module docstring."""
+# space.json's layout version: a reader refuses a record newer than it knows.
+RECORD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class AdaptedSpace:
+    """A space fitted to one data set (see the module docstring); made only by `adapt()`.
+
+    `space` is the effective space: the declared one with its parameters and start points capped
+    for this data; the samplers read its parameters, conditions and settings.
+    """
+
+    declared: SearchSpace
+    space: SearchSpace
+    facts: DataFacts
+    notes: Mapping[str, str] = field(default_factory=dict)  # how adapting changed each parameter
+
+    @property
+    def parameters(self) -> Mapping[str, Parameter]:
+        return self.space.parameters
+
+    @property
+    def search(self) -> SearchSettings:
+        return self.space.search
+
+    @property
+    def start(self) -> tuple[dict[str, Any], ...]:
+        return self.space.start
+
+    @property
+    def name(self) -> str:
+        return self.space.name
+
+    @property
+    def where(self) -> str:
+        return self.space.where
+
+    @property
+    def is_grid(self) -> bool:
+        return self.space.is_grid
+
+    @property
+    def min_input(self) -> int:
+        """The shortest transform output every model the space may pick accepts."""
+        return space_min_input(self.space.parameters)
+
+    def to_record(self) -> dict[str, Any]:
+        """space.json's content: the effective space as a space file would say it (each parameter
+        with its kind, values or range, log scale and condition), the declared space, the facts and
+        the notes."""
+        return {"format": RECORD_FORMAT, **self.space.model_dump(mode="json"),
+                "declared": self.declared.model_dump(mode="json"), "facts": asdict(self.facts),
+                "notes": dict(self.notes)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], where: str = "space.json") -> AdaptedSpace:
+        """The value `to_record` wrote (ConfigError naming `where` when it is not one)."""
+        from pydantic import ValidationError
+
+        from ecg_tune.errors import validation_message
+
+        if not isinstance(record.get("format"), int) or record["format"] > RECORD_FORMAT:
+            raise ConfigError(f"{where}: format {record.get('format')!r}: not a space record this version "
+                              f"reads (format {RECORD_FORMAT} or older)")
+        def space(dumped: Mapping[str, Any]) -> SearchSpace:
+            fields = {key: value for key, value in dumped.items() if key in SearchSpace.model_fields}
+            # A dump writes every parameter's `when`, {} included, which a space file may not say.
+            fields["parameters"] = {key: {k: v for k, v in p.items() if k != "when" or v}
+                                    for key, p in fields["parameters"].items()}
+            return SearchSpace.model_validate(fields)
+
+        try:
+            return cls(declared=space(record["declared"]), space=space(record), facts=DataFacts(**record["facts"]),
+                       notes=dict(record.get("notes") or {}))
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {validation_message(exc)}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: not a space record ({type(exc).__name__}: {exc})") from None
+
+
+def adapt(space: SearchSpace, facts: DataFacts) -> AdaptedSpace:
+    """The space fitted to this data. See the module docstring."""
     params: dict[str, ParameterBase] = dict(space.parameters)
-    notes = dict(space.notes)
+    notes: dict[str, str] = {}
     where = space.where
     min_input = space_min_input(params)
     if space.shipped:
@@ -95,8 +180,8 @@ def adapt(space: SearchSpace, facts: DataFacts) -> SearchSpace:
     else:
         _check_user_space(space, params, facts, min_input)
     start = tuple(_fit_start(point, facts, space) for point in space.start)
-    return space.model_copy(update={"parameters": params, "facts": facts, "start": start,
-                                    "notes": {k: v for k, v in notes.items() if v}})
+    effective = space.model_copy(update={"parameters": params, "start": start})
+    return AdaptedSpace(declared=space, space=effective, facts=facts, notes={k: v for k, v in notes.items() if v})
 
 
 def _fit_start(point: dict[str, Any], facts: DataFacts, space: SearchSpace) -> dict[str, Any]:

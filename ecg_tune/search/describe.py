@@ -1,20 +1,19 @@
-"""The text `--dry-run` prints for a space on some data: effective values, conditions, settings."""
+"""The text `--dry-run` prints for an adapted space: effective values, conditions, start points, grid size."""
 
 from __future__ import annotations
 
-from ecg_tune.search.adapt import DataFacts, adapt
+from ecg_tune.search.adapt import AdaptedSpace
 from ecg_tune.search.parameters import fmt
 from ecg_tune.search.samplers import grid_points
-from ecg_tune.search.space import SearchSpace
 
 
-def describe(space: SearchSpace, facts: DataFacts) -> str:
-    """Parameters with their effective values and conditions, the settings, the grid size."""
-    eff = adapt(space, facts)
-    origin = "shipped, adapted to the data" if eff.shipped else "user file, checked against the data"
+def describe(eff: AdaptedSpace) -> str:
+    """Parameters with their effective values and conditions, start points, the grid size."""
+    facts = eff.facts
+    origin = "shipped, adapted to the data" if eff.space.shipped else "user file, checked against the data"
     lines = [f"Search space '{eff.name}' ({eff.where}; {origin})"]
-    if eff.description:
-        lines += [f"  {line}" for line in eff.description.splitlines() if line.strip()]
+    if eff.space.description:
+        lines += [f"  {line}" for line in eff.space.description.splitlines() if line.strip()]
     lines.append(
         f"Data: {facts.n_records} records, {facts.min_length}..{facts.max_length} samples "
         f"(median {facts.median_length}), classes {', '.join(facts.classes)}"
@@ -36,22 +35,10 @@ def describe(space: SearchSpace, facts: DataFacts) -> str:
     for number, point in enumerate(eff.start, 1):
         values = ", ".join(f"{k}={fmt(v)}" for k, v in point.items())
         lines.append(f"Start point {number} (runs first; keys left out are sampled): {values}")
-    s = eff.search
-    if s.fidelity == "time":
-        grace = f"{fmt(s.grace_seconds)} s" if s.grace_seconds else "a 24th of the time budget"
-        asha = (f"max_epochs {s.max_epochs} (epochs per trial), ASHA on training time: grace {grace}, "
-                f"reduction_factor {fmt(s.reduction_factor)}")
-    else:
-        asha = (f"max_epochs {s.max_epochs} (epochs per trial, ASHA max_t), grace_period {s.grace_period}, "
-                f"reduction_factor {fmt(s.reduction_factor)}")
+    # The settings, with the command line's overrides, are the plan's to say (search/plan.py).
     if eff.is_grid:
-        rows, dropped = grid_points(space, facts)
+        rows, dropped = grid_points(eff)
         extra = (f" ({dropped} duplicate configs removed: limited options capped for this data's length)"
                  if dropped else "")
         lines.append(f"Grid: {len(rows)} configs, each run once{extra}")
-        lines.append(f"Settings: searcher grid, {asha}")
-    else:
-        budget = (f"time_budget {fmt(s.time_budget)} s (while it is in force num_samples is not a limit; "
-                  f"--num-samples caps the trials)" if s.time_budget else f"num_samples {s.num_samples}")
-        lines.append(f"Settings: searcher optuna, {budget}, {asha}")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""What the searchers take from a space: Optuna's define-by-run function, and the grid.
+"""What the searchers take from an adapted space: Optuna's define-by-run function, and the grid.
 
 Both respect the space's conditions and cap each trial's limited options (the wavelet's levels)
-at what its own input length and options allow (search/adapt.py's `trial_limits`).
+at what its own input length and options allow (search/adapt.py's `trial_limits`). They take the
+`AdaptedSpace` the pipeline made once; nothing here adapts a space again.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from ecg_tune.config import default_value
 from ecg_tune.errors import ConfigError
-from ecg_tune.search.adapt import DataFacts, adapt, space_min_input, trial_limits
+from ecg_tune.search.adapt import AdaptedSpace, DataFacts, trial_limits
 from ecg_tune.search.parameters import Choice, Constant, IntRange
-from ecg_tune.search.space import SearchSpace, check_grid
+from ecg_tune.search.space import check_grid
 
 if TYPE_CHECKING:  # optuna is only needed by the caller that runs a study
     import optuna
@@ -37,12 +38,12 @@ class DefineByRun:
     trial runs the clamped one).
     """
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: AdaptedSpace) -> None:
         self.space = space
-        self.min_input = space_min_input(space.parameters)
+        self.min_input = space.min_input
 
     def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
-        facts = self.space.adapted_facts
+        facts = self.space.facts
         chosen: dict[str, Any] = {}
         constants: dict[str, Any] = {}
         for key, p in self.space.parameters.items():
@@ -61,12 +62,12 @@ class DefineByRun:
         return constants
 
 
-def define_by_run(space: SearchSpace, facts: DataFacts) -> DefineByRun:
-    """The `space=` argument of OptunaSearch for this space on this data.
+def define_by_run(space: AdaptedSpace) -> DefineByRun:
+    """The `space=` argument of the Optuna searcher for this space on its data.
 
     A trial's config is `{**trial.params, **returned}`; keys whose condition failed are absent.
     """
-    return DefineByRun(adapt(space, facts))
+    return DefineByRun(space)
 
 
 def optuna_trial_values(params: dict[str, Any], returned: dict[str, Any] | None) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def optuna_trial_values(params: dict[str, Any], returned: dict[str, Any] | None)
     return {**params, **(returned or {})}
 
 
-def grid(space: SearchSpace, facts: DataFacts) -> list[dict[str, Any]]:
+def grid(space: AdaptedSpace) -> list[dict[str, Any]]:
     """Every combination of the choice values, conditions respected, constants included.
 
     A parameter whose condition fails does not multiply the grid. Each config's limited options
@@ -82,14 +83,13 @@ def grid(space: SearchSpace, facts: DataFacts) -> list[dict[str, Any]]:
     kept once, so a grid may have fewer points than on long data (`grid_points` says how many
     were merged).
     """
-    return grid_points(space, facts)[0]
+    return grid_points(space)[0]
 
 
-def grid_points(space: SearchSpace, facts: DataFacts) -> tuple[list[dict[str, Any]], int]:
+def grid_points(space: AdaptedSpace) -> tuple[list[dict[str, Any]], int]:
     """The grid and the number of its configs that became duplicates after capping."""
-    space = adapt(space, facts)
     try:
-        check_grid(space)
+        check_grid(space.space)
     except ValueError as exc:
         raise ConfigError(f"{space.where}: {exc}") from None
     rows: list[dict[str, Any]] = [{}]
@@ -101,10 +101,9 @@ def grid_points(space: SearchSpace, facts: DataFacts) -> tuple[list[dict[str, An
             else:
                 grown.append(row)
         rows = grown
-    min_input = space_min_input(space.parameters)
     unique: dict[str, dict[str, Any]] = {}
     for row in rows:
-        row = {**row, **clamped_to_limits(row, facts, min_input)}
+        row = {**row, **clamped_to_limits(row, space.facts, space.min_input)}
         unique.setdefault(json.dumps(row, sort_keys=True), row)
     return list(unique.values()), len(rows) - len(unique)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, model_validator
 
@@ -55,9 +55,6 @@ __all__ = ["Choice", "Constant", "FloatRange", "IntRange", "Parameter", "Paramet
            "SearchSpace", "check_grid", "check_value"]
 
 RESERVED = ("description", "search", "start")
-
-if TYPE_CHECKING:
-    from ecg_tune.search.adapt import DataFacts
 
 # The bounds of the search settings, declared once: the `search:` block of a space and the
 # command-line options that override it (search/tuner.py's SearchOptions) both use these types.
@@ -97,7 +94,7 @@ class SearchSettings(BaseModel):
 
 
 class SearchSpace(BaseModel):
-    """A validated space. `facts` and `notes` are set on the result of adapt() (search/adapt.py)."""
+    """A validated space, as declared; fitting it to the data (search/adapt.py) gives an `AdaptedSpace`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -107,20 +104,12 @@ class SearchSpace(BaseModel):
     name: str = "space"
     where: str = "search space"  # how errors name the space (its file)
     shipped: bool = False  # shipped spaces shrink to fit the data; others are checked strictly
-    facts: Any = None  # DataFacts once adapted (Any: a search-level type defined in adapt.py)
-    notes: dict[str, str] = Field(default_factory=dict)  # how adapt() changed each parameter
     # Partial configurations that run first, in order (keys left out are sampled).
     start: tuple[dict[str, Scalar], ...] = ()
 
     @property
     def is_grid(self) -> bool:
         return self.search.searcher == "grid"
-
-    @property
-    def adapted_facts(self) -> DataFacts:
-        if self.facts is None:
-            raise ValueError("the space has not been adapted to data (search.adapt.adapt)")
-        return self.facts  # type: ignore[no-any-return]
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchSpace:
