@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from ecg_tune.errors import ConfigError
-from ecg_tune.signal import augment
+from ecg_tune.signal import augment, augment_ops
 from ecg_tune.signal.augment import (
     POLICIES,
     AugmentParams,
     BatchAugmenter,
-    fit_to_length,
 )
+from ecg_tune.signal.augment_ops import fit_to_length
 
 N = 9000
 
@@ -467,7 +467,7 @@ def test_rows_read_in_place_give_the_fetched_batch_output(
     def no_copy(*_: object) -> None:
         raise AssertionError("the rows were copied out, not read in place")
 
-    monkeypatch.setattr(augment, "_fetch", no_copy)
+    monkeypatch.setattr(augment_ops, "_fetch", no_copy)
     assert torch.equal(aug(matrix, lens[rows], gen(31), rows=rows), fetched)
     out = torch.empty(len(rows), N)
     assert aug(matrix, lens[rows], gen(31), out=out, rows=rows) is out

@@ -86,10 +86,10 @@ def test_lengths_like_cinc(rec400: Records) -> None:
 def test_deterministic_for_a_seed() -> None:
     a, b = generate(30, seed=11), generate(30, seed=11)
     assert np.array_equal(a.labels, b.labels)
-    assert all(np.array_equal(x, y) for x, y in zip(a.signals, b.signals))
+    assert all(np.array_equal(x, y) for x, y in zip(a.signals, b.signals, strict=False))
     c = generate(30, seed=12)
     assert not all(
-        len(x) == len(y) and np.array_equal(x, y) for x, y in zip(a.signals, c.signals)
+        len(x) == len(y) and np.array_equal(x, y) for x, y in zip(a.signals, c.signals, strict=False)
     )
 
 
@@ -132,7 +132,7 @@ def test_qrs_amplitude_is_physiological(rec400: Records, peaks400) -> None:
     half = int(0.06 * FS)  # the QRS lies within +-60 ms of the R peak
     ptp = []
     for s, label, kind, (peaks, _) in zip(
-        rec400.signals, rec400.labels, rec400.extra["kind"], peaks400
+        rec400.signals, rec400.labels, rec400.extra["kind"], peaks400, strict=False
     ):
         if label == CLASSES.index("~") or not _is_clean(kind):
             continue
@@ -144,7 +144,7 @@ def test_qrs_amplitude_is_physiological(rec400: Records, peaks400) -> None:
 
 def test_rr_regular_in_normal_irregular_in_af(rec400: Records, peaks400) -> None:
     cv: dict[int, list[float]] = {0: [], 1: []}
-    for label, kind, (peaks, _) in zip(rec400.labels, rec400.extra["kind"], peaks400):
+    for label, kind, (peaks, _) in zip(rec400.labels, rec400.extra["kind"], peaks400, strict=False):
         if int(label) in cv and _is_clean(kind):
             rr = np.diff(peaks) / FS
             cv[int(label)].append(rr.std() / rr.mean())
@@ -216,7 +216,7 @@ def test_learnable_but_not_trivial(rec400: Records, peaks400) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    X = np.array([_features(s, *pe) for s, pe in zip(rec400.signals, peaks400)])
+    X = np.array([_features(s, *pe) for s, pe in zip(rec400.signals, peaks400, strict=False)])
     y = rec400.labels
     cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
     forest = RandomForestClassifier(

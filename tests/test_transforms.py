@@ -13,12 +13,12 @@ import pywt
 import torch
 
 from ecg_tune.errors import ConfigError
+from ecg_tune.signal.dwt import max_wavelet_level
 from ecg_tune.signal.transforms import (
     TRANSFORMS,
     BatchTransform,
     WaveletTransform,
     build_transform,
-    max_wavelet_level,
 )
 
 WAVELETS = ["haar", "db2", "db4", "sym4", "coif1", "bior2.2", "rbio3.1"]
@@ -65,7 +65,7 @@ def test_wavelet_approx_matches_pywt(wavelet: str, length: int, levels: int) -> 
 
 def _check_layout(index: np.ndarray, lengths: list[int], levels: int) -> None:
     """Every channel shows its coefficients in order, each at least once, nearest-neighbour."""
-    for channel, (row, length) in enumerate(zip(index, lengths)):
+    for channel, (row, length) in enumerate(zip(index, lengths, strict=False)):
         assert row[0] == 0 and row[-1] == length - 1
         steps = np.diff(row)
         assert set(np.unique(steps)) <= {0, 1}  # ordered, no coefficient skipped
@@ -93,7 +93,7 @@ def test_wavelet_bands_match_pywt(wavelet: str, length: int, levels: int) -> Non
     for channel, ref_band in enumerate(ref):
         # Undo the layout by hand: the value at each position is the indexed coefficient.
         _close(y[:, channel].numpy(), ref_band[:, index[channel]])
-    for got, ref_band in zip(transform.split_bands(y), ref):
+    for got, ref_band in zip(transform.split_bands(y), ref, strict=False):
         _close(got.numpy(), ref_band)
 
 
@@ -128,7 +128,7 @@ def test_wavelet_9000_samples(wavelet: str, levels: int, output: str) -> None:
         ref = ref[:1]
     bands = transform.split_bands(transform(torch.from_numpy(x)))
     assert len(bands) == len(ref)
-    for got, ref_band in zip(bands, ref):
+    for got, ref_band in zip(bands, ref, strict=False):
         _close(got.numpy(), ref_band)
 
 
@@ -278,28 +278,28 @@ def test_long_filters_where_most_coefficients_are_edges(wavelet: str, length: in
         "wavelet", length, wavelet=wavelet, levels=levels, wavelet_output="bands"
     )
     ref = pywt.wavedec(x.astype(np.float64), wavelet, mode="symmetric", level=levels)
-    for got, ref_band in zip(transform.split_bands(transform(torch.from_numpy(x))), ref):
+    for got, ref_band in zip(transform.split_bands(transform(torch.from_numpy(x))), ref, strict=False):
         _close(got.numpy(), ref_band)
 
 
 def test_edge_support_bounds_need_no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     # The fast derivation probes only the input positions the edge rows can read; the exhaustive
     # fallback (correct but slow) must not be needed for ordinary cases.
-    from ecg_tune.signal import transforms
+    from ecg_tune.signal import dwt
 
     fallbacks = []
-    derive = transforms._derive_plan
+    derive = dwt._derive_plan
 
     def spy(n: int, wavelet: pywt.Wavelet, levels: int, exhaustive: bool) -> object:
         if exhaustive:
             fallbacks.append((n, wavelet.name, levels))
         return derive(n, wavelet, levels, exhaustive=exhaustive)
 
-    monkeypatch.setattr(transforms, "_derive_plan", spy)
+    monkeypatch.setattr(dwt, "_derive_plan", spy)
     for wavelet in ["haar", "db3", "sym5", "coif2", "bior3.5"]:
         for length in [33, 128, 257, 1001]:
             for levels in range(1, max_wavelet_level(length, wavelet) + 1):
-                transforms._wavelet_plan.__wrapped__(length, wavelet, levels)
+                dwt.wavelet_plan.__wrapped__(length, wavelet, levels)
     assert fallbacks == []
 
 
@@ -318,15 +318,15 @@ def test_forward_uses_torch_ops_only(name: str, options: dict) -> None:
 def test_exhaustive_derivation_and_self_check() -> None:
     # The fallback path probes every input position; the self-check must accept it and must
     # reject an operator with a wrong edge row.
-    from ecg_tune.signal import transforms
+    from ecg_tune.signal import dwt
 
     wavelet = pywt.Wavelet("sym4")
-    plan = transforms._derive_plan(141, wavelet, 3, exhaustive=True)
-    assert transforms._plan_matches_pywt(plan, wavelet)
+    plan = dwt._derive_plan(141, wavelet, 3, exhaustive=True)
+    assert dwt._plan_matches_pywt(plan, wavelet)
     broken_left = plan.left.copy()
     broken_left[0, 0] += 0.5
-    broken = transforms._WaveletPlan(
+    broken = dwt.WaveletPlan(
         plan.input_length, plan.wavelet, plan.levels, plan.filter_len, plan.bands,
         broken_left, plan.right,
     )
-    assert not transforms._plan_matches_pywt(broken, wavelet)
+    assert not dwt._plan_matches_pywt(broken, wavelet)
