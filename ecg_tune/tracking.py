@@ -41,6 +41,7 @@ from ecg_tune.errors import ConfigError
 from ecg_tune.runs import RunFolder, TrackingRecord
 from ecg_tune.search.trainable import sampled_values
 from ecg_tune.training.metrics import HEADLINE_METRICS
+from ecg_tune.training.reported import TRAINING_ITERATION, tracked
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -53,11 +54,6 @@ EXPERIMENT_NAME = "ecg-tune"
 DEFAULT_URI = "default"  # --mlflow without a URI: sqlite:///<out>/mlflow.db
 PARENT_TAG = "mlflow.parentRunId"  # the tag MLflow's UI nests a run under its parent by
 INSTALL_HINT = 'pip install "ecg-tune[tracking]"'
-# Tune's bookkeeping in every result: not the trial's metrics (the epoch is the step; the trainable
-# reports its own epoch_seconds). time_total_s stays: a trial's training time so far.
-_NOT_METRICS = frozenset({"training_iteration", "time_this_iter_s", "timestamp", "pid", "time_since_restore",
-                          "iterations_since_restore", "timesteps_total", "timesteps_since_restore",
-                          "episodes_total", "done"})
 
 
 def check_available() -> None:
@@ -207,10 +203,10 @@ class TrialTracker(Callback):
                         **info: Any) -> None:
         from mlflow.entities import Metric
 
-        step = int(result.get("training_iteration", 0))
+        step = int(result.get(TRAINING_ITERATION, 0))
         stamp = int(float(result.get("timestamp", time.time())) * 1000)
         metrics = [Metric(metric_name(key), float(value), stamp, step) for key, value in result.items()
-                   if key not in _NOT_METRICS and _is_number(value)]
+                   if tracked(key) and _is_number(value)]
         if metrics:
             self._safely(lambda: self.client.log_batch(self._run_of(trial), metrics=metrics))
 

@@ -1,13 +1,18 @@
-"""Shared fixtures: a private data cache per test session, and the shared data folder when present."""
+"""Shared fixtures and helpers: a private data cache per test session, the shared data folder when
+present, a small local Ray cluster per module, running the project's scripts, polling."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CINC = SHARED_DATA / "cinc2017" / "training2017"
 
@@ -22,6 +27,32 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, poll: f
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def run_script(script: str, *args: str, timeout: float = 600,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python scripts/<script> args...` from the project's root, as a user runs it; output captured.
+    `env`: variables added to this process's environment."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def search_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python scripts/search.py args...` (see `run_script`)."""
+    return run_script("search.py", *args, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A small real local cluster for one test module (Ray 2.60 has no local mode): 4 logical CPUs
+    and 1 logical GPU without CUDA, which fractional-GPU scheduling needs and no test touches.
+    address "local": a cluster of our own even when another one on the machine was started last
+    (ray.init() with no address attaches to the one in /tmp/ray/ray_current_cluster)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
 
 
 needs_shared_data = pytest.mark.skipif(

@@ -5,7 +5,6 @@ trials on another node, the refit, a node removed mid-trial."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,16 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, search_cli
 
 from ecg_tune.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "scripts" / "search.py")]
 
-
-def cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
 
 
 def trial_rows(experiment: Path) -> dict[str, list[dict]]:
@@ -88,7 +83,7 @@ def test_cluster_listens_on_loopback_only(two_nodes) -> None:
 
 def test_unreachable_address_is_a_short_error(tmp_path: Path) -> None:
     started = time.monotonic()
-    done = cli("--space", "smoke", "--data", "synthetic:60", "--address", "127.0.0.1:1", "--connect-timeout", "3",
+    done = search_cli("--space", "smoke", "--data", "synthetic:60", "--address", "127.0.0.1:1", "--connect-timeout", "3",
                "--out", str(tmp_path / "out"), "--no-refit", timeout=120)
     assert done.returncode == 2, done.stderr
     assert time.monotonic() - started < 60
@@ -100,7 +95,7 @@ def test_search_and_refit_on_two_nodes(two_nodes, tmp_path: Path) -> None:
     cluster, raylets = two_nodes
     store, out = tmp_path / "store", tmp_path / "out"
     with WorkerWatch(raylets) as watch:
-        done = cli("--space", "smoke", "--data", "synthetic:160", "--address", cluster.address,
+        done = search_cli("--space", "smoke", "--data", "synthetic:160", "--address", cluster.address,
                    "--storage", str(store), "--out", str(out), "--num-samples", "3", "--max-epochs", "2",
                    "--scheduler", "fifo", "--trial-resource", "node_b=0.01")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -121,7 +116,7 @@ def test_search_and_refit_on_two_nodes(two_nodes, tmp_path: Path) -> None:
 
 def test_multi_node_needs_shared_storage(two_nodes, tmp_path: Path) -> None:
     cluster, _ = two_nodes
-    done = cli("--space", "smoke", "--data", "synthetic:60", "--address", cluster.address,
+    done = search_cli("--space", "smoke", "--data", "synthetic:60", "--address", cluster.address,
                "--out", str(tmp_path / "out"), "--num-samples", "1", "--no-refit")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

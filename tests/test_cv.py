@@ -20,11 +20,12 @@ from ecg_tune.errors import DataError, EcgTuneError
 from ecg_tune.pipeline import PipelineOptions, run_pipeline
 from ecg_tune.refit import refit_setup, run_refit
 from ecg_tune.runs import RunFolder
-from ecg_tune.search.tuner import SearchOptions
+from ecg_tune.search.plan import SearchOptions
 from ecg_tune.training import folds as folds_module
-from ecg_tune.training.folds import AUTO_BELOW, choose_validation, combine, fit_folds
+from ecg_tune.training.folds import AUTO_BELOW, choose_validation, fit_folds
 from ecg_tune.training.loop import fit
-from ecg_tune.training.metrics import direction, is_metric, spread_of
+from ecg_tune.training.metrics import direction
+from ecg_tune.training.reported import TRAINING_ITERATION, combine_folds, is_metric, spread_of
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -215,8 +216,8 @@ def test_lr_median_and_early_stopping_on_the_fold_mean(monkeypatch: pytest.Monke
 def test_combine_keeps_the_keys_of_a_single_run() -> None:
     per_fold = [{"epoch": 3, "lr": 0.1, "val_macro_f1": 0.5, "val_confusion": [[1, 0], [0, 1]]},
                 {"epoch": 3, "lr": 0.2, "val_macro_f1": 0.7, "val_confusion": [[0, 1], [1, 0]]}]
-    assert combine(per_fold) == {"epoch": 3, "lr": pytest.approx(0.15), "val_macro_f1": pytest.approx(0.6),
-                                 "val_macro_f1_std": pytest.approx(0.1), "val_confusion": [[1, 1], [1, 1]]}
+    assert combine_folds(per_fold) == {"epoch": 3, "lr": pytest.approx(0.15), "val_macro_f1": pytest.approx(0.6),
+                                       "val_macro_f1_std": pytest.approx(0.1), "val_confusion": [[1, 1], [1, 1]]}
 
 
 # a real search ----------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def test_a_search_with_cv_reports_fold_means_and_spreads(cv_search) -> None:
     saved = json.loads(run.best_config_path.read_text())
     assert saved["cv"] == 2 and run.best().spread == saved["metrics"]["val_macro_f1_std"]
     # best/<metric>_std is the spread at the epoch where the mean peaked
-    winner = run.history(saved["trial_id"]).sort_values("training_iteration")
+    winner = run.history(saved["trial_id"]).sort_values(TRAINING_ITERATION)
     peak = int(np.argmax(winner["val_macro_f1"].to_numpy()))
     assert saved["epoch"] == peak + 1
     assert saved["metrics"]["val_macro_f1"] == pytest.approx(winner["val_macro_f1"].iloc[peak])
@@ -261,7 +262,7 @@ def test_a_search_with_cv_reports_fold_means_and_spreads(cv_search) -> None:
 def test_the_refit_trains_to_the_epoch_where_the_mean_peaked(cv_search, beats: Dataset) -> None:
     run: RunFolder = cv_search.run
     setup = refit_setup(run)
-    winner = run.history(setup.best.trial_id).sort_values("training_iteration")
+    winner = run.history(setup.best.trial_id).sort_values(TRAINING_ITERATION)
     peak = int(np.argmax(winner["val_macro_f1"].to_numpy())) + 1
     assert setup.config.epochs == peak == len(setup.lr_schedule)
     assert setup.lr_schedule == pytest.approx(winner["lr"].tolist()[:peak])  # the folds' median rates

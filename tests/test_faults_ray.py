@@ -39,22 +39,11 @@ from ray import tune
 from ecg_tune.data import prepare
 from ecg_tune.pipeline import PipelineOptions, PipelineResult, run_pipeline
 from ecg_tune.search.optuna_search import LOST, TUNE_TRIAL_ID, PruningAwareOptunaSearch
-from ecg_tune.search.trainable import STATE_FILE, WARNINGS_FILE, train_trial
 from ecg_tune.search.plan import SearchOptions
+from ecg_tune.search.trainable import STATE_FILE, WARNINGS_FILE, train_trial
 from ecg_tune.training.folds import choose_validation
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    # address "local": a cluster of our own even when another one on the machine was started
-    # last (ray.init() with no address attaches to the one in /tmp/ray/ray_current_cluster).
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

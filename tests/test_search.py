@@ -24,20 +24,11 @@ from ecg_tune.data import prepare
 from ecg_tune.errors import ConfigError
 from ecg_tune.pipeline import PipelineOptions, run_pipeline
 from ecg_tune.search.adapt import DataFacts, adapt
-from ecg_tune.search.space_file import load_space
 from ecg_tune.search.plan import SearchOptions, make_plan
+from ecg_tune.search.space_file import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "scripts" / "search.py")]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

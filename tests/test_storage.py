@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,21 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, search_cli
 
 from ecg_tune.errors import ConfigError, EcgTuneError
 from ecg_tune.runs import RunFolder
 from ecg_tune.storage import ExperimentStorage
 
-ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "scripts" / "search.py")]
 # A small, quick search: 2 trials of 2 epochs on short synthetic records, no cross-validation.
 SMALL = ["--space", "smoke", "--data", "synthetic:80", "--num-samples", "2", "--max-epochs", "2",
          "--scheduler", "fifo", "--cv", "1"]
 
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*SEARCH, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
 
 
 def epochs_reported(folder: RunFolder) -> dict[str, list[int]]:
@@ -89,7 +84,7 @@ def test_a_second_search_on_the_same_out_is_refused_and_the_first_unharmed(tmp_p
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         (out / "split.csv").write_text("the first search's file\n")
-        second = cli(*SMALL, "--out", str(out), "--no-refit")
+        second = search_cli(*SMALL, "--out", str(out), "--no-refit")
         assert second.returncode == 2
         assert f"error: {out}: in use by pid {holder.pid}" in second.stderr
         assert "Traceback" not in second.stderr
@@ -133,14 +128,14 @@ def test_low_disk_space_stops_the_search_resumably(tmp_path: Path) -> None:
     stops with its state saved (exit 130, nothing exported), and --resume finishes it without
     training a reported epoch again."""
     out = tmp_path / "run"
-    stopped = cli(*SMALL, "--out", str(out), "--no-refit", "--min-free-mb", str(2**40))
+    stopped = search_cli(*SMALL, "--out", str(out), "--no-refit", "--min-free-mb", str(2**40))
     assert stopped.returncode == 130, stopped.stderr[-2000:]
     assert "stopping the search:" in stopped.stdout
     assert "continue it with --resume --out" in stopped.stderr and "Traceback" not in stopped.stderr
     assert not (out / "best_config.json").exists()
     before = epochs_reported(RunFolder(out))
     assert before and all(epochs for epochs in before.values())
-    resumed = cli(*SMALL, "--out", str(out), "--no-refit", "--resume", "--min-free-mb", "0")
+    resumed = search_cli(*SMALL, "--out", str(out), "--no-refit", "--resume", "--min-free-mb", "0")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = epochs_reported(RunFolder(out))
     assert all(epochs == [1, 2] for epochs in after.values()), after  # each epoch once, none retrained
@@ -172,7 +167,7 @@ def test_search_refit_and_resume_with_s3_storage(s3, tmp_path: Path) -> None:
     options, credentials = s3
     out = tmp_path / "run"
     uri = f"s3://ecg/searches?{options}"
-    done = cli(*SMALL, "--out", str(out), "--storage", uri, env=credentials)
+    done = search_cli(*SMALL, "--out", str(out), "--storage", uri, env=credentials)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Tune's experiment: s3://ecg/searches/run/experiment" in done.stdout
     assert not (out / "experiment").exists()
@@ -184,7 +179,7 @@ def test_search_refit_and_resume_with_s3_storage(s3, tmp_path: Path) -> None:
         histories = epochs_reported(RunFolder(out))
         assert len(histories) == 2 and all(epochs == [1, 2] for epochs in histories.values())
     # A finished search resumed from its storage (recorded in the run folder) trains nothing again.
-    resumed = cli(*SMALL, "--out", str(out), "--resume", "--no-refit", env=credentials)
+    resumed = search_cli(*SMALL, "--out", str(out), "--resume", "--no-refit", env=credentials)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not re.search(r"trial \w+ epoch \d+/", resumed.stdout), "a finished trial trained again"
 

@@ -12,19 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, run_script
 
 from ecg_tune.runs import RunFolder
 from ecg_tune.tracking import PARENT_TAG, metric_name, test_metrics_flat
 
 mlflow = pytest.importorskip("mlflow", reason='MLflow is not installed (pip install "ecg-tune[tracking]")')
 
-ROOT = Path(__file__).resolve().parents[1]
 PICTURES = ("confusion_matrix.png", "training_curves.png", "search_overview.png")
 
-
-def cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +95,7 @@ def test_the_refit_logs_test_metrics_and_files_to_the_parent(tracked: Path) -> N
 def test_a_later_refit_logs_to_the_same_parent(tracked: Path) -> None:
     record = RunFolder(tracked).tracking()
     assert record is not None
-    result = cli("refit.py", "--run", str(tracked))
+    result = run_script("refit.py", "--run", str(tracked))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"logged to run {record.parent_run_id}" in result.stdout
     client = _client(tracked)

@@ -4,7 +4,8 @@ A trial's score is its best epoch for the ranking metric, in the metric's own di
 may stop it later, and a model is delivered from its best epoch), so the best config records the
 epoch where the winner peaked. Under cross-validation the metrics are fold means and their
 spreads (`<metric>_std`) come along: a spread's "best" is its value at the epoch where its
-metric was best. The files are written by ecg_tune/runs.py.
+metric was best. Which reported keys become columns is training/reported.py's `exported`. The
+files are written by ecg_tune/runs.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pandas as pd
 from ecg_tune.errors import EcgTuneError
 from ecg_tune.runs import BestConfig, RunFolder, TrialRecord, TrialStatus
 from ecg_tune.search.trainable import sampled_values, trial_config
-from ecg_tune.training.metrics import best_index, best_value, finished, is_metric, spread_of
+from ecg_tune.training.metrics import best_index, best_value
+from ecg_tune.training.reported import TRAINING_ITERATION, exported, finished, spread_of
 
 
 def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecord]:
@@ -26,7 +28,7 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
     for result in results:
         history = result.metrics_dataframe
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
-        epochs = 0 if history is None or history.empty else int(history["training_iteration"].max())
+        epochs = 0 if history is None or history.empty else int(history[TRAINING_ITERATION].max())
         status: TrialStatus
         if result.error is not None:
             status = "errored"
@@ -37,8 +39,7 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
         record = TrialRecord(trial_id=trial_id, status=status, epochs=epochs,
                              config=sampled_values(result.config or {}))
         if epochs:
-            numeric = [c for c in history.columns
-                       if (is_metric(c) or spread_of(c)) and pd.api.types.is_numeric_dtype(history[c])]
+            numeric = [c for c in history.columns if exported(c) and pd.api.types.is_numeric_dtype(history[c])]
             last = history.iloc[-1]
             for column in numeric:
                 record.final[column] = float(last[column])
@@ -49,7 +50,7 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
                     record.best[column] = float(history[column].iloc[best_index(of, history[of].to_numpy(float))])
             if metric in history.columns and history[metric].notna().any():
                 peak = history.iloc[best_index(metric, history[metric].to_numpy(float))]
-                record.best_epoch = int(peak["training_iteration"])
+                record.best_epoch = int(peak[TRAINING_ITERATION])
                 record.peak_metrics = {c: float(peak[c]) for c in numeric}
         records.append(record)
     return records

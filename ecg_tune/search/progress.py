@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from ecg_tune.search.trainable import sampled_values
-from ecg_tune.training.metrics import best_index, better, direction, finished
+from ecg_tune.training.metrics import best_index, better, direction
+from ecg_tune.training.reported import TRAINING_ITERATION, finished
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -54,7 +55,7 @@ class SearchProgress(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
                         **info: Any) -> None:
         row = self._row(trial)
-        epoch = int(result.get("training_iteration", row["epoch"]))
+        epoch = int(result.get(TRAINING_ITERATION, row["epoch"]))
         if 0 < epoch <= row["epoch"]:
             self._print(f"{self._clock()} trial {trial.trial_id} went back to epoch {epoch} (its checkpoint was "
                         f"unreadable; see restore_warnings.txt in its folder)")

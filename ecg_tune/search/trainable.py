@@ -31,10 +31,10 @@ from ray import tune
 from ecg_tune.config import make_config
 from ecg_tune.data.tensors import TensorData
 from ecg_tune.training.folds import Fold, fit_folds
+from ecg_tune.training.reported import TRAINING_ITERATION
 
 STATE_FILE = "state.pt"
 WARNINGS_FILE = "restore_warnings.txt"  # in the trial's folder, beside Tune's error.txt
-TRAINING_ITERATION = "training_iteration"
 # Tune's names for a trial's checkpoint folders (ray.train._internal.storage): the index grows.
 _CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 # A grid space's trials carry their whole point under this key (see search/tuner.py).

@@ -11,13 +11,15 @@ data/split.make_folds from the saved split and the seed, so a resume and the ref
 together, epoch by epoch, yielding what a single run yields under the same keys, so that the
 ranking metric, ASHA, the progress and the exports need no change:
 
-* every numeric validation metric (`val_*`): the mean over the folds, its spread (the
-  population standard deviation of the K values, as `numpy.std` gives) as `<key>_std`;
+* every validation metric (`val_*`): the mean over the folds, its spread (the population
+  standard deviation of the K values, as `numpy.std` gives) as `<key>_std`;
 * `val_confusion`: summed over the folds (every train + val record predicted once);
 * `lr`: the median over the folds of the rate each used. With a plateau scheduler each fold
   lowers its rate on its own validation loss; the refit, which has no validation data, replays
   this per-epoch median: a rate most folds were at, and non-increasing as each fold's is;
 * `epoch_seconds`: the sum (the wall time the trial spent on the epoch); other numbers: the mean.
+
+Each key's rule is its `folds` entry in training/reported.py's table (`combine_folds`).
 
 Early stopping (`early_stop_patience`) is decided on the fold mean of `val_loss`, so that all
 folds stop at the same epoch and every reported mean is over all K folds. Every fold uses the
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any, Literal
 
 import numpy as np
@@ -41,7 +42,7 @@ from ecg_tune.data.split import make_folds, most_folds
 from ecg_tune.data.tensors import TensorData
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.loop import EpochResult, fit, resolve_input_length
-from ecg_tune.training.metrics import FINISHED, SPREAD_SUFFIX, finished
+from ecg_tune.training.reported import FINISHED, EarlyStop, combine_folds, finished
 
 # Below this many validation records the split's val part ranks trials by noise: at 100 records
 # a two-class accuracy has a standard error of about 5 points (sqrt(0.5 * 0.5 / 100)), the size
@@ -125,46 +126,18 @@ def fit_folds(config: TrainConfig, data: TensorData, folds: Sequence[Fold], *,
         for result in fit(config, data, train, val, device=device, resume=states[0]):
             yield FoldsEpoch(result.epoch, result.metrics, [result], {"folds": [result.state()]})
         return
-    patience = config.early_stop_patience
+    early = EarlyStop.resumed(config.early_stop_patience, resume)
     every = np.unique(np.concatenate([np.concatenate(fold) for fold in folds]))
     # Early stopping moves here (on the mean); the input length is the refit's (module docstring).
     config = config.with_updates(input_length=resolve_input_length(config, data, every), early_stop_patience=0)
     runs = [fit(config, data, train, val, device=device, resume=state)
             for (train, val), state in zip(folds, states, strict=True)]
-    best_loss = float(resume["best_loss"]) if resume else float("inf")
-    stale = int(resume["stale"]) if resume else 0
     for results in zip(*runs, strict=True):  # each fold one epoch further, in turn
-        metrics = combine([r.metrics for r in results])
-        if "val_loss" in metrics:
-            if metrics["val_loss"] < best_loss - 1e-6:
-                best_loss, stale = metrics["val_loss"], 0
-            else:
-                stale += 1
-        state = {"folds": [r.state() for r in results], "best_loss": best_loss, "stale": stale}
-        stop_early = bool(patience) and stale >= patience
-        metrics[FINISHED] = all(finished(r.metrics) for r in results) or stop_early
+        metrics = combine_folds([r.metrics for r in results])
+        early.update(metrics)
+        state = {"folds": [r.state() for r in results], **early.state()}
+        # Finished when every fold is (the folded `finished`), or when the mean stops early.
+        metrics[FINISHED] = finished(metrics) or early.stop
         yield FoldsEpoch(results[0].epoch, metrics, list(results), state)
-        if stop_early:
+        if early.stop:
             return
-
-
-def combine(per_fold: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One epoch's metrics of every fold as one report (the rules: module docstring)."""
-    combined: dict[str, Any] = {}
-    for key, first in per_fold[0].items():
-        values = [m[key] for m in per_fold]
-        if key == "epoch":
-            combined[key] = first
-        elif isinstance(first, list):  # confusion matrix
-            combined[key] = np.sum(np.asarray(values), axis=0).tolist()
-        elif not isinstance(first, Real):
-            continue
-        elif key == "lr":
-            combined[key] = float(np.median(values))
-        elif key == "epoch_seconds":
-            combined[key] = float(np.sum(values))
-        else:
-            combined[key] = float(np.mean(values))
-            if key.startswith("val_"):
-                combined[key + SPREAD_SUFFIX] = float(np.std(values))
-    return combined

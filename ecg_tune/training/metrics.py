@@ -1,19 +1,28 @@
 """Classification metrics: accuracy, macro F1, the CinC 2017 score, per-class F1, confusion matrix;
-and the one table of which way each metric improves.
+and ranking by them.
 
 The CinC 2017 score is the mean F1 of the classes N, A and O (noise is not scored); it exists only
 when the dataset has those three classes. Every place that ranks by a metric (the tuner, the
 export of the best trial, the progress lines, the report's curves, the benchmarks) asks
-`direction` here.
+`direction` here, which reads the metric's row in training/reported.py's table of reported keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
+
+# training/reported.py owns these names; each `name as name` is kept importable from here for the
+# modules that imported it from here before the table existed.
+from ecg_tune.training.reported import FINISHED as FINISHED
+from ecg_tune.training.reported import SPREAD_SUFFIX as SPREAD_SUFFIX
+from ecg_tune.training.reported import TABLE, VALIDATION, describe_key
+from ecg_tune.training.reported import Direction as Direction
+from ecg_tune.training.reported import finished as finished
+from ecg_tune.training.reported import is_metric as is_metric
+from ecg_tune.training.reported import spread_of as spread_of
 
 CINC_CLASSES = ("N", "A", "O")
 
@@ -47,64 +56,20 @@ def ranking_metric(classes: list[str]) -> str:
     return "val_cinc_f1" if has_cinc_classes(classes) else "val_macro_f1"
 
 
-Direction = Literal["max", "min"]
-# Metric names without their split prefix (val_, train_, test_). Per-class F1 is `f1_<class>`.
-DIRECTIONS: dict[str, Direction] = {"loss": "min", "accuracy": "max", "macro_f1": "max", "cinc_f1": "max"}
-_SPLITS = ("val_", "train_", "test_")
-
-
-def _base(metric: str) -> str:
-    for prefix in _SPLITS:
-        if metric.startswith(prefix):
-            return metric[len(prefix):]
-    return metric
-
-
-# Reported with every epoch: True when the run ends after it by itself (its last epoch, early
-# stopping, a closed-form fit), so that a trial the scheduler stopped can be told from one that
-# finished (training/loop.py sets it; the searcher, the exports and the progress read it).
 # A test report's headline figures, in this order (the refit's line, report.html, MLflow).
 HEADLINE_METRICS = ("accuracy", "macro_f1", "cinc_f1")
-FINISHED = "finished"
-
-
-def finished(result: Mapping[str, Any] | None) -> bool:
-    """Whether a trial's last reported result says its run ended by itself."""
-    return result is not None and bool(result.get(FINISHED, False))
-
-
-# A cross-validated trial also reports each validation metric's spread over its folds as
-# `<metric>_std` (training/folds.py): a figure to read beside the mean, never one to rank by.
-SPREAD_SUFFIX = "_std"
-
-
-def spread_of(key: str) -> str | None:
-    """The metric whose spread over folds `key` is (`val_loss_std` -> `val_loss`), else None."""
-    if key.endswith(SPREAD_SUFFIX) and is_metric(key[:-len(SPREAD_SUFFIX)]):
-        return key[:-len(SPREAD_SUFFIX)]
-    return None
 
 
 def direction(metric: str) -> Direction:
-    """"max" if a higher `metric` is better, "min" if lower (losses). Unknown names and spreads
-    (`<metric>_std`, which have no better way): ValueError."""
-    if spread_of(metric) is not None:
+    """"max" if a higher `metric` is better, "min" if lower (losses), as training/reported.py's
+    table declares. Unknown names and spreads (`<metric>_std`, which have no better way):
+    ValueError."""
+    row = describe_key(metric)
+    if row is not None and row.kind == "spread":
         raise ValueError(f"{metric!r} is a spread over folds, not a ranked metric")
-    base = _base(metric)
-    if base.startswith("f1_"):
-        return "max"
-    if base not in DIRECTIONS:
+    if row is None or row.direction is None:
         raise ValueError(f"unknown metric {metric!r}")
-    return DIRECTIONS[base]
-
-
-def is_metric(metric: str) -> bool:
-    """Whether `metric` is one of the table's metrics (with any split prefix)."""
-    try:
-        direction(metric)
-    except ValueError:
-        return False
-    return True
+    return row.direction
 
 
 def better(metric: str, a: float, b: float) -> bool:
@@ -129,6 +94,8 @@ def running_best(metric: str, values: np.ndarray) -> np.ndarray:
 
 
 def validation_metrics(classes: list[str]) -> list[str]:
-    """The validation metrics a trial reports for these classes (what --metric may name)."""
-    names = ["val_accuracy", "val_macro_f1"] + (["val_cinc_f1"] if has_cinc_classes(classes) else [])
-    return names + ["val_loss"] + [f"val_f1_{c}" for c in classes]
+    """The validation metrics a trial reports for these classes (what --metric may name), in the
+    order of training/reported.py's table."""
+    names = [name for row in TABLE if row.kind == "metric" and row.pattern.startswith(VALIDATION)
+             for name in row.expand(classes)]
+    return [name for name in names if name != f"{VALIDATION}cinc_f1" or has_cinc_classes(classes)]
