@@ -81,7 +81,7 @@ class SearchSettings(BaseModel):
     # configuration whose epoch costs ten times the median is compared with the others after the
     # same seconds, not after ten times as many; max_epochs still ends every trial.
     fidelity: Literal["epochs", "time"] = "epochs"
-    grace_seconds: TimeBudget | None = None  # time fidelity; None: a 24th of the time budget (5-120 s), else 60 s
+    grace_seconds: TimeBudget | None = None  # time fidelity; None: derived from the time budget (search/plan.py)
     # TPE's random start-up trials (None: a quarter of a capped search, 2 to 10; 5 under a time
     # budget, where a laptop's few minutes start only a handful of trials on long records).
     startup_trials: NumSamples | None = None
