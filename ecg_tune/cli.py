@@ -110,7 +110,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ecg_tune.html_report import write_html_report
+    from ecg_tune.reporting.page import write_html_report
     from ecg_tune.runs import RunFolder
 
     written = write_html_report(RunFolder(args.run))

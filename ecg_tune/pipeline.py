@@ -146,7 +146,7 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: AdaptedSp
     tracking.search_end(best)
     log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv; "
         f"Tune's experiment: {storage.describe()}")
-    from ecg_tune.html_report import write_html_report  # plotly: only once a search has results
+    from ecg_tune.reporting.page import write_html_report  # plotly: only once a search has results
 
     log(write_html_report(run).summary())
     refit = None

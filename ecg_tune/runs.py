@@ -7,9 +7,10 @@
                                --storage put it elsewhere: then <out>/storage.json says where (storage.py)
     <out>/.search.lock         held while a search or refit writes to the folder
     <out>/space.json           the search space as adapted to the data (`AdaptedSpace.to_record`)
-    <out>/report.json          the refit's test report; model/ the exported bundle
-    <out>/report.html          the search and test report on one page (ecg_tune/reporting/)
-    <out>/*.png, test_predictions.csv  the refit's pictures and per-record test predictions
+    <out>/report.json          the refit's test report (content: reporting/evaluation.py); model/ the bundle
+    <out>/report.html          the search and test report on one page (ecg_tune/reporting/page.py)
+    <out>/<picture>.png        the refit's pictures (`PICTURES`, drawn by ecg_tune/reporting/pictures.py)
+    <out>/test_predictions.csv the refit's per-record test predictions
     <out>/mlflow.json          --mlflow: the tracking URI and the search's parent run (`TrackingRecord`);
                                with the default URI, <out>/mlflow.db and <out>/mlartifacts/ hold the runs
 
@@ -40,6 +41,8 @@ from ecg_tune.training.metrics import SPREAD_SUFFIX
 from ecg_tune.training.reported import TRAINING_ITERATION
 
 TrialStatus = Literal["completed", "stopped", "errored"]
+PictureName = Literal["confusion_matrix", "training_curves", "search_overview"]
+PICTURES: tuple[PictureName, ...] = ("confusion_matrix", "training_curves", "search_overview")
 _HELD: set[Path] = set()  # run folders this process holds the lock of (a search's refit re-enters it)
 
 
@@ -211,6 +214,11 @@ class RunFolder:
     def report_path(self) -> Path:
         return self.path / "report.json"
 
+    def picture_path(self, name: PictureName) -> Path:
+        if name not in PICTURES:
+            raise ValueError(f"{name!r} is not one of the run folder's pictures {PICTURES}")
+        return self.path / f"{name}.png"
+
     @property
     def model_dir(self) -> Path:
         return self.path / "model"
@@ -338,14 +346,18 @@ class RunFolder:
         """split.csv: the record-level split every later stage of this run uses."""
         return save_split(dataset.records, dataset.split, self.split_path)
 
-    # report ----------------------------------------------------------------------------------
+    # the refit's outputs ---------------------------------------------------------------------
 
     def write_report(self, test: dict[str, Any], validation: dict[str, float], config: dict[str, Any],
                      epochs: int) -> dict[str, Any]:
-        """report.json (the content is report.py's); returns what was written."""
-        from ecg_tune.report import write_report  # matplotlib: only when a report is written
+        """report.json (its content is reporting/evaluation.py's, strict JSON); returns what was
+        written, which equals what `report` reads back."""
+        # imported here: evaluation.py imports sklearn, which reading a run folder does not need
+        from ecg_tune.reporting.evaluation import report_content
 
-        return write_report(self.report_path, test, validation, config, epochs)
+        report = report_content(test, validation, config, epochs)
+        _write_atomic(self.report_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        return report
 
     def report(self) -> dict[str, Any]:
         """The refit's report.json."""
@@ -353,6 +365,25 @@ class RunFolder:
             raise EcgTuneError(f"{self.path}: no report.json; refit the search first "
                                f"(ecg-tune refit --run {self.path})")
         return dict(json.loads(self.report_path.read_text()))
+
+    def write_predictions(self, predictions: pd.DataFrame) -> Path:
+        """test_predictions.csv: one row per test record (the refit's columns: record, true,
+        predicted, p_<class>...)."""
+        path = self.path / "test_predictions.csv"
+        _write_atomic(path, predictions.to_csv(index=False))
+        return path
+
+    def write_picture(self, name: PictureName, png: bytes) -> Path:
+        """One of the refit's pictures (`PICTURES`), as PNG bytes; returns its path."""
+        path = self.picture_path(name)
+        _write_atomic(path, png)
+        return path
+
+    def write_html_report(self, page: str) -> Path:
+        """report.html; returns its path."""
+        path = self.path / "report.html"
+        _write_atomic(path, page)
+        return path
 
 
 class _BestConfigFile(BaseModel):
@@ -406,6 +437,18 @@ def is_best_config(path: str | Path) -> bool:
     except ValueError:
         return False
     return isinstance(content, dict) and isinstance(content.get("config"), dict) and "trial_id" in content
+
+
+def _write_atomic(path: Path, content: str | bytes) -> None:
+    """Written beside and renamed into place: an interrupted run never leaves half a file, and a
+    reader (a browser on report.html) never sees one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    if isinstance(content, bytes):
+        partial.write_bytes(content)
+    else:
+        partial.write_text(content, encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _json_lines(content: bytes) -> list[dict[str, Any]]:

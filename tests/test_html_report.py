@@ -1,5 +1,6 @@
 """report.html: written by a real search and its refit, rebuilt by `ecg-tune report`, self-contained;
-parameter importances on synthetic trials (a driving parameter, a conditional one, too few trials)."""
+parameter importances on synthetic trials (a driving parameter, a conditional one, too few trials);
+parameter kinds from space.json, or guessed for runs without one."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ import pandas as pd
 import pytest
 
 from ecg_tune.cli import main
-from ecg_tune.html_report import (
-    NOT_APPLICABLE,
-    build_page,
-    parameter_importances,
-    search_parameters,
-    write_html_report,
-)
-from ecg_tune.runs import BestConfig, RunFolder, TrialRecord
+from ecg_tune.reporting.analysis import NOT_APPLICABLE, declared_parameters, search_parameters
+from ecg_tune.reporting.importance import parameter_importances
+from ecg_tune.reporting.page import build_page, write_html_report
+from ecg_tune.runs import BestConfig, RunFolder, TrialRecord, TrialTable
+from ecg_tune.search.adapt import DataFacts, adapt
+from ecg_tune.search.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_PLOTS = ("progress", "curves", "importance", "parallel", "slices")
@@ -147,8 +146,8 @@ def records(configs: list[dict], scores: list[float | None], metric: str = "val_
             for i, (config, score) in enumerate(zip(configs, scores, strict=True))]
 
 
-def table(configs: list[dict], scores: list[float | None], metric: str = "val_macro_f1") -> pd.DataFrame:
-    return pd.DataFrame([r.flat() for r in records(configs, scores, metric)])
+def table(configs: list[dict], scores: list[float | None], metric: str = "val_macro_f1") -> TrialTable:
+    return TrialTable.from_frame(pd.DataFrame([r.flat() for r in records(configs, scores, metric)]))
 
 
 def run_folder(path: Path, configs: list[dict], scores: list[float | None]) -> RunFolder:
@@ -172,7 +171,7 @@ def test_the_parameter_that_drives_the_score_ranks_first() -> None:
     assert list(importances.values)[0] == "lr", importances.values
     assert importances.values["lr"] > 0.5 and importances.trials == 30
     assert importances.basis == {name: 30 for name in ("lr", "dropout", "augmentation", "batch_size")}
-    parameters, constant = search_parameters(table(configs, scores))
+    parameters, constant = search_parameters(table(configs, scores).config)
     kinds = {p.name: (p.kind, p.log) for p in parameters}
     assert kinds == {"lr": ("float", True), "dropout": ("float", False), "augmentation": ("categorical", False),
                      "batch_size": ("int", False)} and constant == {}
@@ -193,7 +192,7 @@ def test_conditional_parameters_are_assessed_where_they_are_set(tmp_path: Path) 
         configs.append(config)
     scores = [0.5 + (0.06 * c["levels"] if "levels" in c else 0.24) + rng.normal(0, 0.005) for c in configs]
     run = run_folder(tmp_path / "run", configs, scores)
-    importances = parameter_importances(run.trials(), "val_macro_f1")
+    importances = parameter_importances(run.trial_table(), "val_macro_f1")
     assert importances.basis == {"levels": 12, "transform": 24, "lr": 24}
     assert list(importances.values)[0] == "levels" and importances.values["levels"] > 0.5, importances.values
     # lr does nothing: the forest over all trials must not credit it with the levels' effect.
@@ -229,3 +228,49 @@ def test_a_damaged_report_json_is_a_one_line_error(tmp_path: Path, capsys: pytes
     run.report_path.write_text('{"test": {"accuracy": 0.5}}')
     assert main(["report", "--run", str(run.path)]) == 2
     assert "report.json: not a refit's report.json" in capsys.readouterr().err
+
+
+def space_record(parameters: dict) -> dict:
+    """space.json's content for a space of these parameters, adapted as a search adapts it."""
+    space = SearchSpace.from_mapping(parameters)
+    facts = DataFacts(n_records=100, min_length=200, median_length=300, max_length=400, classes=["N", "A"])
+    return adapt(space, facts).to_record()
+
+
+def test_kinds_and_log_scales_come_from_space_json(tmp_path: Path) -> None:
+    """With space.json, a parameter is what the space declared: batch sizes from a choice are
+    categories, a linear learning-rate range stays linear however its samples look, a log int range
+    is on a log scale; a key the space does not declare (dropout here) is guessed, as every key of
+    a run without space.json is."""
+    rng = np.random.default_rng(2)
+    configs = [{"lr": float(10 ** rng.uniform(-4, -2)), "batch_size": int(rng.choice([16, 32, 64])),
+                "width": int(2 ** rng.integers(2, 8)), "dropout": float(rng.uniform(0, 0.5))} for _ in range(12)]
+    scores = [0.5 + 0.1 * rng.random() for _ in configs]
+    run = run_folder(tmp_path / "run", configs, scores)
+    guessed = {p.name: (p.kind, p.log) for p in search_parameters(run.trial_table().config)[0]}
+    assert guessed == {"lr": ("float", True), "batch_size": ("int", False), "width": ("int", True),
+                       "dropout": ("float", False)}
+
+    run.write_space(space_record({"lr": {"type": "float", "low": 1e-4, "high": 1e-2},
+                                  "batch_size": {"type": "choice", "values": [16, 32, 64]},
+                                  "width": {"type": "int", "low": 4, "high": 128, "log": True}}))
+    page, importances = build_page(run)
+    declared = {"lr": ("float", False), "batch_size": ("categorical", False), "width": ("int", True),
+                "dropout": ("float", False)}
+    found = search_parameters(run.trial_table().config, declared_parameters(run.space_record()))[0]
+    assert {p.name: (p.kind, p.log) for p in found} == declared
+    batch = next(p for p in found if p.name == "batch_size")
+    assert batch.categories == ("16", "32", "64") and all(isinstance(v, str) for v in batch.values)
+    assert set(importances.basis) == set(declared)
+    assert "lr 0.0001" in page and "lr (log)" not in page and "width (log)" in page  # the parallel axes
+    assert "batch_size: 16, 32, 64" in page  # a choice lists its values
+
+
+def test_a_damaged_space_json_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = run_folder(tmp_path / "run", [{"lr": 0.1}, {"lr": 0.01}, {"lr": 0.001}], [0.4, 0.6, 0.5])
+    record = space_record({"lr": {"type": "float", "low": 1e-3, "high": 0.1}})
+    record["parameters"]["lr"]["low"] = 1.0  # above its high
+    run.write_space(record)
+    assert main(["report", "--run", str(run.path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "space.json" in error and len(error.strip().splitlines()) == 1

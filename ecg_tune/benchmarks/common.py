@@ -51,7 +51,7 @@ def best_so_far(histories: dict, metric: str, started: float | None = None) -> t
 
     `histories` maps trial ids to their per-epoch result frames (Tune's result.json rows).
     """
-    from ecg_tune.report import timed_reports
+    from ecg_tune.reporting.analysis import timed_reports
 
     events = timed_reports(histories, metric, started)
     if events is None:

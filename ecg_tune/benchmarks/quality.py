@@ -42,7 +42,7 @@ def _headline(test: dict) -> dict:
 
 
 def _scores(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], seed: int) -> dict:
-    from ecg_tune.report import test_metrics
+    from ecg_tune.reporting.evaluation import test_metrics
 
     return _headline(test_metrics(truth, probabilities, classes, seed=seed))
 
