@@ -24,6 +24,7 @@ carry their raw value in data-value).
 from __future__ import annotations
 
 import html
+import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -104,7 +105,13 @@ def build_page(run: RunFolder, histories: dict[str, pd.DataFrame] | None = None)
             histories, history_note = {}, f"the trials' per-epoch results could not be read: {exc}"
     report = _read_report(run)
     metric = best.metric
-    declared = declared_parameters(run.space_record(), where=str(run.space_path))
+    try:
+        declared = declared_parameters(run.space_record(), where=str(run.space_path))
+    except EcgTuneError as exc:
+        # A report of what the search found still has its worth without the space (a damaged file,
+        # or one a later version no longer reads): kinds are guessed, as for older runs, and said so.
+        declared = {}
+        print(f"report: {exc}; parameter kinds and scales guessed from the trials' values", file=sys.stderr)
     scores = trial_scores(table, metric)
     parameters, constants = search_parameters(table.config, declared)
     importances = parameter_importances(table, metric, declared)
