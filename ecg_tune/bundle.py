@@ -1,17 +1,19 @@
 """The exported model bundle (`model/`): writing it, loading it, predicting with it.
 
 A bundle classifies new recordings without the search: `weights.pt` (the network's state dict,
-loaded with `torch.load(..., weights_only=True)`), `svm.skops` for cnn_svm (loaded with no
-untrusted types, so no arbitrary code runs), and `config.json` with the full training config,
-the class names, the sampling rate and the preprocessing (normalisation, input length, transform,
-windowing; the transform's options are those it declares). Prediction reuses the data layer's
-tensors and the record-level windowed evaluation of training, so a bundle predicts exactly as the
-refit's test evaluation did.
+loaded with `torch.load(..., weights_only=True)`), the file of a fitted head the model keeps apart
+(models/head.py: `FittedHead.file`, `svm.skops` for cnn_svm's SVM stage, loaded with no untrusted
+types, so no arbitrary code runs), and `config.json` with the full training config, the class
+names, the sampling rate and the preprocessing (normalisation, input length, transform,
+windowing; the transform's options are those it declares). A fitted head that is part of the
+model (minirocket's ridge head) is in weights.pt. Prediction reuses the data layer's tensors and
+the record-level windowed evaluation of training, so a bundle predicts exactly as the refit's
+test evaluation did.
 
 Loading checks every file before using it, so that a damaged or hand-edited bundle is a one-line
 error naming the file rather than a traceback or a silently different prediction: config.json
 against its schema and its `preprocessing` against its `config`; the weights' names, shapes,
-dtypes and finiteness against the network config.json describes; the SVM stage against the
+dtypes and finiteness against the network config.json describes; a head kept apart against the
 network's features and the classes.
 
 Format history (all of format 1, all loaded): until 1abb620 `preprocessing` listed wavelet,
@@ -40,19 +42,19 @@ from ecg_tune.data.records import Records
 from ecg_tune.data.sources import some_of
 from ecg_tune.data.tensors import to_tensors
 from ecg_tune.errors import ConfigError, DataError, EcgTuneError, validation_message
-from ecg_tune.models.svm import SVMStage
+from ecg_tune.models.head import FittedHead
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities
 from ecg_tune.training.network import Network, build_network
 
 FORMAT_VERSION = 1
-META, WEIGHTS, SVM = "config.json", "weights.pt", "svm.skops"
+META, WEIGHTS = "config.json", "weights.pt"
 
 
 @dataclass
 class Bundle:
     network: Network
-    svm: SVMStage | None
+    head: FittedHead | None  # a fitted head kept apart from the network (its file), or None
     config: TrainConfig
     classes: list[str]
     fs: float | None
@@ -62,24 +64,26 @@ class Bundle:
         """Per-record class probabilities (n_records, n_classes) for records at the bundle's rate."""
         tensors = to_tensors(records)
         index = np.arange(len(records))
-        probabilities, _ = record_probabilities(self.network, self.svm, tensors, index,
+        probabilities, _ = record_probabilities(self.network, self.head, tensors, index,
                                                 self.config.normalisation, self.config.window_overlap,
                                                 self.device)
         return probabilities
 
 
-def save_bundle(folder: Path, network: Network, svm: SVMStage | None, config: TrainConfig,
+def save_bundle(folder: Path, network: Network, head: FittedHead | None, config: TrainConfig,
                 classes: list[str], fs: float | None) -> Path:
     """Write the bundle; each file is replaced whole, config.json last, so an interrupted export
-    never leaves a truncated file."""
+    never leaves a truncated file. `head`: the model's fitted head, written to its own file when
+    the model keeps it apart (one that is part of the model is in the weights already)."""
     import io
 
     folder.mkdir(parents=True, exist_ok=True)
     weights = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
     _replace(folder / WEIGHTS, weights.getvalue())
-    if svm is not None:
-        _replace(folder / SVM, svm.to_bytes())
+    file = None if head is None else head.file
+    if head is not None and file is not None:
+        _replace(folder / file, head.to_bytes())
     meta = {
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
@@ -94,7 +98,7 @@ def save_bundle(folder: Path, network: Network, svm: SVMStage | None, config: Tr
             "windowing": {"window": network.input_length, "overlap": config.window_overlap,
                           "aggregation": "mean of window probabilities"},
         },
-        "svm": svm is not None,
+        "svm": file is not None,
     }
     _replace(folder / META, json.dumps(meta, indent=2).encode())
     return folder
@@ -128,6 +132,8 @@ class _Meta(BaseModel):
     classes: list[str] = Field(min_length=2)
     fs: float | None = Field(gt=0, allow_inf_nan=False)
     preprocessing: _Preprocessing
+    # Whether a fitted head kept apart has its file beside the weights; named when cnn_svm's SVM
+    # stage was the only such head, and kept so that every bundle reads alike.
     svm: bool
 
 
@@ -148,14 +154,16 @@ def load_bundle(folder: str | Path, device: str | None = None) -> Bundle:
                  f"input_length {input_length})")
     _load_weights(folder / WEIGHTS, network, described)
     network.eval()
-    uses_svm = bool(getattr(network.model, "uses_svm", False))
-    if meta.svm != uses_svm:
+    declared = network.model.fitted_head()
+    apart = declared if declared is not None and declared.file is not None else None
+    if meta.svm != (apart is not None):
         raise ConfigError(f"{meta_path}: svm is {str(meta.svm).lower()}, but model {config.model} "
-                          f"{'predicts with an SVM stage' if uses_svm else 'has no SVM stage'}")
-    svm = _load_svm(folder / SVM, network, n_classes) if uses_svm else None
+                          + (f"predicts with its {apart.name} ({apart.file})" if apart is not None
+                             else "has no SVM stage (no fitted head in a file of its own)"))
+    head = _load_head(folder, apart, network, n_classes) if apart is not None else None
     target = pick_device(device)
     network.to(target)
-    return Bundle(network=network, svm=svm, config=config, classes=meta.classes, fs=meta.fs, device=target)
+    return Bundle(network=network, head=head, config=config, classes=meta.classes, fs=meta.fs, device=target)
 
 
 def _read_meta(path: Path) -> tuple[_Meta, TrainConfig]:
@@ -214,7 +222,7 @@ def _load_weights(path: Path, network: Network, described: str) -> None:
     """The state dict in `path`, loaded into `network` only once it is known to fit it exactly."""
     if not path.is_file():
         raise EcgTuneError(f"{path}: {'not a file' if path.exists() else 'missing'} "
-                           f"(a bundle holds {META}, {WEIGHTS} and, for cnn_svm, {SVM})")
+                           f"(a bundle holds {META}, {WEIGHTS} and, for cnn_svm, svm.skops)")
     try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of a file it then refuses: the error says it.
@@ -274,29 +282,31 @@ def _state_mismatch(state: Any, expected: dict[str, torch.Tensor]) -> str | None
     return None
 
 
-def _load_svm(path: Path, network: Network, n_classes: int) -> SVMStage:
-    """The SVM stage in `path`, checked to take the network's features and give `n_classes`
-    probabilities."""
+def _load_head(folder: Path, declared: FittedHead, network: Network, n_classes: int) -> FittedHead:
+    """The model's fitted head from its file in `folder` (`declared`: a new one of the kind the
+    model declares), checked to take the network's features and give `n_classes` probabilities."""
+    assert declared.file is not None  # only a head kept apart has a file
+    path, name = folder / declared.file, declared.name
     try:
-        svm = SVMStage.from_bytes(path.read_bytes())
+        head = declared.load_bytes(path.read_bytes())
     except OSError as exc:
-        raise EcgTuneError(f"{path}: cannot read the SVM stage ({exc.strerror or exc})") from None
+        raise EcgTuneError(f"{path}: cannot read the {name} ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise EcgTuneError(f"{path}: {exc}") from None
-    if svm.n_classes_ != n_classes:
-        raise EcgTuneError(f"{path}: the SVM stage gives {svm.n_classes_} classes, {META} names {n_classes}")
-    # One prediction on a blank input proves the stage takes these features (sklearn's error
+    # One prediction on a blank input proves the head takes these features (sklearn's error
     # would otherwise surface, as a traceback, at the first real prediction).
     with torch.no_grad():
         features = network.features(torch.zeros(1, network.input_length)).numpy()
     try:
-        probabilities = svm.predict_proba(features)
+        probabilities = head.predict_proba(features)
     except Exception as exc:  # sklearn raises ValueError, AttributeError, ... for a mismatched stage
-        raise EcgTuneError(f"{path}: the SVM stage does not fit the network's {features.shape[1]} features "
+        raise EcgTuneError(f"{path}: the {name} does not fit the network's {features.shape[1]} features "
                            f"({type(exc).__name__}: {exc})") from None
+    if probabilities.ndim == 2 and probabilities.shape[1] != n_classes:
+        raise EcgTuneError(f"{path}: the {name} gives {probabilities.shape[1]} classes, {META} names {n_classes}")
     if probabilities.shape != (1, n_classes) or not math.isfinite(float(probabilities.sum())):
-        raise EcgTuneError(f"{path}: the SVM stage gives no usable probabilities for the network's features")
-    return svm
+        raise EcgTuneError(f"{path}: the {name} gives no usable probabilities for the network's features")
+    return head
 
 
 def at_rate(records: Records, bundle_fs: float | None, assumed_fs: float | None = None) -> Records:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data import Dataset, prepare
 from ecg_tune.runs import BestConfig, RunFolder
+from ecg_tune.training.reported import TRAINING_ITERATION
 
 
 class RefitOptions(BaseModel):
@@ -41,7 +42,7 @@ class TrainedModel:
     history: list[dict[str, Any]]
     state: dict[str, Any]  # the network's state dict, on the CPU
     input_length: int
-    svm: bytes | None  # the SVM stage (skops bytes) of a model that has one
+    head: bytes | None  # the model's fitted head (FittedHead.to_bytes, models/head.py) if it has one
     probabilities: np.ndarray  # per test record
 
 
@@ -72,20 +73,20 @@ def _refit_task(config_values: dict[str, Any], tensors: Any, train_index: np.nda
     device = pick_device()
     history, last = [], None
     for result in fit(config, tensors, train_index, None, device=device, lr_schedule=lr_schedule,
-                      svm_last_epoch_only=True):
+                      head_last_epoch_only=True):
         history.append(result.metrics)
         last = result
         queue.put(f"refit epoch {result.epoch}/{len(lr_schedule)}  train_loss {result.metrics['train_loss']:.4f}  "
                   f"lr {result.metrics['lr']:.2g}  {result.metrics['epoch_seconds']:.1f} s")
     assert last is not None, "the refit trains at least one epoch"
-    if last.svm is not None:
-        queue.put("refit: SVM stage fitted on all training features")
-    probabilities, _ = record_probabilities(last.network, last.svm, tensors, test_index, config.normalisation,
+    if last.head is not None:
+        queue.put(f"refit: {last.head.name} fitted on all training features")
+    probabilities, _ = record_probabilities(last.network, last.head, tensors, test_index, config.normalisation,
                                             config.window_overlap, device)
     return TrainedModel(history=history,
                         state={k: v.detach().cpu() for k, v in last.network.state_dict().items()},
                         input_length=last.network.input_length,
-                        svm=last.svm.to_bytes() if last.svm is not None else None,
+                        head=last.head.to_bytes() if last.head is not None else None,
                         probabilities=probabilities)
 
 
@@ -121,7 +122,7 @@ def lr_schedule_of(run: RunFolder, best: BestConfig) -> list[float]:
     """The learning rate the best trial used at each epoch up to its peak (constant if unknown)."""
     history = run.history(best.trial_id)
     if history is not None and "lr" in history:
-        return [float(v) for v in history.sort_values("training_iteration")["lr"].tolist()[:best.epoch]]
+        return [float(v) for v in history.sort_values(TRAINING_ITERATION)["lr"].tolist()[:best.epoch]]
     return [float(best.config.get("lr", 1e-3))] * best.epoch
 
 
@@ -144,8 +145,11 @@ def refit_setup(run: RunFolder) -> RefitSetup:
     config = make_config({**best.config, "epochs": len(lr_schedule)}, where=str(run.best_config_path))
     dataset = prepare(best.data, split_file=run.split_path, seed=config.seed, split_digest=best.split_digest)
     train_index, test_index = dataset.index("train", "val"), dataset.index("test")
-    # The SVM stage is fitted on all the refit's training records, not a subsample.
-    config = config.with_updates(svm_max_train=max(config.value("svm_max_train"), len(train_index)))
+    from ecg_tune.models import MODELS
+
+    # A part that learns from a subsample of records per epoch (cnn_svm's SVM stage: its
+    # svm_max_train) learns from every training record in the refit.
+    config = config.with_updates(**{key: max(config.value(key), len(train_index)) for key in MODELS.record_caps()})
     return RefitSetup(best, config, dataset, train_index, test_index, lr_schedule)
 
 
@@ -159,9 +163,9 @@ def run_refit(run: RunFolder, options: RefitOptions | None = None) -> RefitResul
 
 def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     from ecg_tune.bundle import save_bundle
-    from ecg_tune.html_report import write_html_report
-    from ecg_tune.models.svm import SVMStage
-    from ecg_tune.report import headline, plot_confusion, plot_search_overview, plot_training_curves, test_metrics
+    from ecg_tune.reporting.evaluation import headline, test_metrics
+    from ecg_tune.reporting.page import write_html_report
+    from ecg_tune.reporting.pictures import write_pictures
     from ecg_tune.training.network import build_network
 
     setup = refit_setup(run)
@@ -182,25 +186,21 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     report = run.write_report(test, best.metrics, config.to_dict(), epochs)
     network = build_network(config, output.input_length, len(classes))
     network.load_state_dict(output.state)
-    svm = SVMStage.from_bytes(output.svm) if output.svm else None
-    save_bundle(run.model_dir, network, svm, config, classes, dataset.records.fs)
-    pd.DataFrame({"record": [dataset.records.record_ids[i] for i in test_index],
-                  "true": [classes[i] for i in truth],
-                  "predicted": [classes[i] for i in output.probabilities.argmax(axis=1)],
-                  **{f"p_{c}": output.probabilities[:, k] for k, c in enumerate(classes)}}
-                 ).to_csv(run.path / "test_predictions.csv", index=False)
+    head = network.model.restore_head(output.head)
+    save_bundle(run.model_dir, network, head, config, classes, dataset.records.fs)
+    run.write_predictions(pd.DataFrame({
+        "record": [dataset.records.record_ids[i] for i in test_index],
+        "true": [classes[i] for i in truth],
+        "predicted": [classes[i] for i in output.probabilities.argmax(axis=1)],
+        **{f"p_{c}": output.probabilities[:, k] for k, c in enumerate(classes)}}))
 
     histories = run.histories()
-    plot_confusion(test["confusion_matrix"], classes, run.path / "confusion_matrix.png")
-    plot_training_curves(output.history, histories.get(best.trial_id), histories, best.metric,
-                         run.path / "training_curves.png")
-    plot_search_overview(run.trials(), histories, best.metric, run.path / "search_overview.png")
+    pictures = write_pictures(run, best, test, output.history, histories)
     html = write_html_report(run, histories)
     print(f"test ({test['n_records']} records, once): {headline(test)}", flush=True)
     print(f"refit results in {run.path}: report.json, report.html, confusion_matrix.png, training_curves.png, "
           f"search_overview.png, test_predictions.csv, model/", flush=True)
     from ecg_tune.tracking import log_refit  # does nothing (imports no MLflow) unless --mlflow
 
-    log_refit(run, test, [run.path / name for name in ("confusion_matrix.png", "training_curves.png",
-                                                           "search_overview.png")] + [html.path])
+    log_refit(run, test, [*pictures, html.path])
     return RefitResult(run=run, report=report, epochs=epochs)

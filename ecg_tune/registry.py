@@ -9,13 +9,14 @@ entries that declare none (every augmentation policy takes the same strengths). 
 accepts exactly the union of the options of every registered part, validates them with the
 parts' own models, and hands each part its typed options; the bundle saves them the same way.
 Two parts may share a key (resnet1d and ecg_cnn both read `width`) only with the same
-definition, checked when the second registers.
+definition, checked when the second registers. Options may also name, as `record_caps`, the keys
+that cap how many training records a part learns from per epoch (cnn_svm's `svm_max_train`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
@@ -29,6 +30,9 @@ class PartOptions(BaseModel):
     """Base of a part's options. A config carries every part's keys, so other keys are ignored."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+    # Keys (integers) that cap how many training records the part learns from, a subsample drawn
+    # per epoch; the refit, which learns from every record once, raises them to the record count.
+    record_caps: ClassVar[tuple[str, ...]] = ()
 
 
 class NoOptions(PartOptions):
@@ -100,6 +104,10 @@ class Registry(Generic[T]):
         for obj in self._entries.values():
             fields.update(self._options_of(obj).model_fields)
         return fields
+
+    def record_caps(self) -> list[str]:
+        """Every `record_caps` key some entry of this registry declares, sorted."""
+        return sorted({key for obj in self._entries.values() for key in self._options_of(obj).record_caps})
 
     def _options_of(self, obj: object) -> type[PartOptions]:
         options = getattr(obj, "Options", None)

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA, needs_shared_data
+
 from ecg_tune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

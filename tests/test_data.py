@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import CINC, SHARED_DATA, needs_shared_data
+
 from ecg_tune.data import load, prepare, sources
 from ecg_tune.data.records import Records
 from ecg_tune.data.split import load_split, make_split, save_split
@@ -204,6 +204,18 @@ def test_bad_sources_give_one_line_errors(tmp_path: Path, make, pattern: str) ->
     assert "\n" not in str(info.value)
 
 
+def test_sources_are_read_by_the_reader_registered_for_their_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sources.SOURCES.names() == ["notebook", "physionet", "physionet_record", "synthetic", "table",
+                                       "ucr_folder"]
+    made = Records(signals=[np.ones(20, np.float32)], labels=None, classes=[], record_ids=["r"], fs=None)
+    sources.SOURCES.register("toy")(lambda source, label_column, progress: made)
+    try:
+        monkeypatch.setattr(sources, "source_kind", lambda source: "toy")
+        assert sources.read_source("anything") is made
+    finally:
+        sources.SOURCES.unregister("toy")
+
+
 def test_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = write_wfdb_folder(tmp_path / "db", LABELS)
     first = load(str(folder))
@@ -214,7 +226,7 @@ def test_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.Monke
     assert calls == [], "an unchanged source must come from the cache"
     assert second.record_ids == first.record_ids and second.classes == first.classes
     np.testing.assert_array_equal(second.labels, first.labels)
-    for a, b in zip(first.signals, second.signals):
+    for a, b in zip(first.signals, second.signals, strict=True):
         np.testing.assert_array_equal(a, b)
     (folder / "REFERENCE.csv").write_text("R000,N\nR001,A\n")
     third = load(str(folder))

@@ -71,8 +71,8 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               trial_id="t0001", metric="val_cinc_f1", data=DATA, **digest))
     config = make_config(VALUES)
     (result,) = fit(config, dataset.tensors, dataset.index("train", "val"), None, device="cpu",
-                    svm_last_epoch_only=True)
-    save_bundle(run.model_dir, result.network, result.svm, config, dataset.records.classes, dataset.records.fs)
+                    head_last_epoch_only=True)
+    save_bundle(run.model_dir, result.network, result.head, config, dataset.records.classes, dataset.records.fs)
     test = dataset.records.subset(dataset.index("test"))
     pd.DataFrame({"signal": [np.asarray(s) for s in test.signals], "record": test.record_ids,
                   "fs": 300.0}).to_parquet(out / INPUTS)
@@ -629,9 +629,10 @@ def test_bundles_of_earlier_layouts_load_and_predict_the_same(tmp_path: Path, va
     config = make_config(values)
     network = build_network(config, 256, 3)
     svm = None
-    if network.model.uses_svm:
+    head = network.model.fitted_head()
+    if head is not None and head.file is not None:  # a head the bundle keeps apart (the SVM stage)
         rng = np.random.default_rng(0)
-        svm = SVMStage().fit(rng.normal(size=(30, network.model.feature_dim)), np.arange(30) % 3, n_classes=3)
+        svm = head.fit(rng.normal(size=(30, network.model.feature_dim)), np.arange(30) % 3, n_classes=3)
     now = save_bundle(tmp_path / "now", network, svm, config, ["A", "N", "O"], 300.0)
     before = Path(shutil.copytree(now, tmp_path / "before"))
     (before / "config.json").write_text(json.dumps(layout(json.loads((now / "config.json").read_text())), indent=2))

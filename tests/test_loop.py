@@ -36,7 +36,7 @@ def test_every_model_trains_on_every_transform(dataset, model: str, transform: s
         assert key in m, key
     assert np.isfinite(m["train_loss"]) and np.isfinite(m["val_loss"])
     assert np.array(m["val_confusion"]).sum() == len(dataset.index("val"))
-    assert (result.svm is not None) == (model == "cnn_svm")
+    assert (result.head is not None) == (model == "cnn_svm")
 
 
 def test_same_seed_same_run_and_resume_repeats_it(dataset) -> None:
@@ -66,7 +66,7 @@ def _roundtrip(state: dict):
 
 def test_cnn_svm_is_scored_by_its_svm_and_resumes_with_it(dataset) -> None:
     (result,) = run(dataset, model="cnn_svm")
-    assert isinstance(result.svm, SVMStage)
+    assert isinstance(result.head, SVMStage)
     restored = torch.load(_roundtrip(result.state()), weights_only=True)
     assert SVMStage.from_bytes(restored["svm"]).n_classes_ == 4
     from ecg_tune.training.evaluate import window_outputs
@@ -74,7 +74,7 @@ def test_cnn_svm_is_scored_by_its_svm_and_resumes_with_it(dataset) -> None:
     index = dataset.index("val")
     features, owners = window_outputs(result.network, dataset.tensors, index, "zscore", 0.5,
                                       torch.device("cpu"), features=True)
-    predicted = aggregate(result.svm.predict_proba(features), owners, len(index)).argmax(axis=1)
+    predicted = aggregate(result.head.predict_proba(features), owners, len(index)).argmax(axis=1)
     expected = classification_metrics(dataset.tensors.labels[index], predicted, dataset.tensors.classes)
     assert result.metrics["val_macro_f1"] == pytest.approx(expected["macro_f1"])
 

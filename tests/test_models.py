@@ -1,13 +1,16 @@
 """The networks (ecg_tune.models) and the SVM stage (ecg_tune.models.svm).
 
-Every model is run on the shape each transform gives for a short (96), medium (140) and long
-(9000) recording; wavelet lengths come from pywt, never hard-coded.
+What every registered model must do is checked in tests/test_model_contract.py; here, what the
+shipped ones are. Every model trained by gradient alone (all registered ones but those that fit
+themselves to data first: minirocket, tests/test_minirocket.py) is run on the shape each
+transform gives for a short (96), medium (140) and long (9000) recording; wavelet lengths come
+from pywt, never hard-coded.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,9 +20,14 @@ from torch import nn
 
 from ecg_tune.errors import ConfigError
 from ecg_tune.models import MODELS, EcgModel, build_model, model_names
-from ecg_tune.models.svm import SVMStage, stratified_subsample
+from ecg_tune.models.head import HeadFit
+from ecg_tune.models.ridge import RidgeHead
+from ecg_tune.models.head import stratified_subsample
+from ecg_tune.models.svm import SVMOptions, SVMStage
 
-ALL_MODELS = ["simple_cnn", "cnn_svm", "ecg_cnn", "resnet1d"]
+SHIPPED = ["cnn_svm", "ecg_cnn", "minirocket", "resnet1d", "simple_cnn"]
+# The models the shape matrix runs: every registered one that needs no fit to data first.
+GRADIENT_MODELS = [name for name in MODELS.names() if not MODELS.get(name).needs_data_init]
 N_CLASSES = 4
 # The shape matrix runs narrow networks to stay fast: a model's length and channel handling
 # does not depend on its width. The default widths are run at 9000 samples separately.
@@ -71,13 +79,13 @@ def test_wavelet_lengths_are_the_known_ones():
     assert len(pywt.wavedec(np.zeros(96), "db2", level=2)[0]) == approx_length(96, "db2", 2)
 
 
-def test_registry_names():
-    # minirocket (tests/test_minirocket.py) fits itself to data first, so the matrices here skip it.
-    assert model_names() == sorted([*ALL_MODELS, "minirocket"])
-    assert set(MODELS) == {*ALL_MODELS, "minirocket"}
+def test_the_shipped_models_are_registered():
+    assert model_names() == SHIPPED
+    assert set(MODELS) == set(SHIPPED)
+    assert GRADIENT_MODELS == ["cnn_svm", "ecg_cnn", "resnet1d", "simple_cnn"]
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", GRADIENT_MODELS)
 @pytest.mark.parametrize("case,channels,length", SHAPES, ids=[s[0] for s in SHAPES])
 def test_model_on_transform_shape(name: str, case: str, channels: int, length: int):
     torch.manual_seed(0)
@@ -110,7 +118,7 @@ def test_model_on_transform_shape(name: str, case: str, channels: int, length: i
         assert model.features(x[:1]).shape == (1, model.feature_dim)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", GRADIENT_MODELS)
 def test_default_sizes_train_on_9000_samples(name: str):
     torch.manual_seed(0)
     model = build_model(name, 1, 9000, N_CLASSES)
@@ -121,10 +129,17 @@ def test_default_sizes_train_on_9000_samples(name: str):
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_uses_svm_flag():
-    assert build_model("cnn_svm", 1, 96, 2).uses_svm is True
-    for name in ("simple_cnn", "ecg_cnn", "resnet1d"):
-        assert build_model(name, 1, 96, 2).uses_svm is False
+def test_which_models_fit_a_head():
+    svm = build_model("cnn_svm", 1, 96, 2, svm_c=2.5, svm_gamma="auto", svm_max_train=40).fitted_head()
+    assert isinstance(svm, SVMStage) and svm.fit_when is HeadFit.EVERY_EPOCH and svm.file == "svm.skops"
+    # Every window of at most svm_max_train records is a row, at most twice as many rows.
+    assert (svm.C, svm.gamma, svm.max_records, svm.max_train) == (2.5, "auto", 40, 80)
+    ridge = build_model("minirocket", 1, 96, 2, rocket_features=84, rocket_head="ridge").fitted_head()
+    assert isinstance(ridge, RidgeHead) and ridge.fit_when is HeadFit.ONLY_EPOCH and ridge.file is None
+    for name in ("simple_cnn", "ecg_cnn", "resnet1d", "minirocket"):
+        assert build_model(name, 1, 96, 2, rocket_features=84).fitted_head() is None
+    # The refit raises the SVM stage's record cap to every training record.
+    assert MODELS.record_caps() == ["svm_max_train"] == list(SVMOptions.record_caps)
 
 
 def test_unknown_model_is_a_config_error():

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from pydantic import Field
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import CINC, needs_shared_data, run_script
 
-from conftest import CINC, needs_shared_data
 from ecg_tune.bundle import at_rate, load_bundle, save_bundle
 from ecg_tune.config import make_config
 from ecg_tune.data import load, prepare
@@ -20,13 +18,6 @@ from ecg_tune.data.records import Records
 from ecg_tune.errors import DataError
 from ecg_tune.training.evaluate import record_probabilities
 from ecg_tune.training.loop import fit
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_bundle_reloads_and_predicts_as_the_trained_network(tmp_path: Path) -> None:
@@ -59,7 +50,7 @@ def refitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     local cluster without GPUs (this machine's). Seeded TPE's first smoke trials are cnn_svm, so
     the bundle carries an SVM stage."""
     out = tmp_path_factory.mktemp("refit") / "run"
-    result = cli("search.py", "--space", "smoke", "--data", "synthetic:120", "--out", str(out),
+    result = run_script("search.py", "--space", "smoke", "--data", "synthetic:120", "--out", str(out),
                  "--num-samples", "2", "--max-epochs", "1", "--cv", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best val_cinc_f1" in result.stdout and "test (" in result.stdout
@@ -93,7 +84,7 @@ def test_predict_in_a_fresh_process_matches_the_test_report(refitted: Path, tmp_
     test = dataset.records.subset(dataset.index("test"))
     table = tmp_path / "test.parquet"
     pd.DataFrame({"signal": test.signals, "record": test.record_ids, "fs": 300.0}).to_parquet(table)
-    result = cli("predict.py", "--model", str(refitted / "model"), str(table))
+    result = run_script("predict.py", "--model", str(refitted / "model"), str(table))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "record,predicted,p_N,p_A,p_O,p_~"
@@ -110,7 +101,7 @@ def test_predict_reports_bad_inputs_and_classifies_the_rest(refitted: Path, tmp_
     pd.DataFrame({"signal": signals, "fs": 300.0}).to_parquet(good)
     nan = tmp_path / "nan.parquet"
     pd.DataFrame({"signal": [np.full(3000, np.nan, np.float32)], "record": ["broken"], "fs": 300.0}).to_parquet(nan)
-    result = cli("predict.py", "--model", str(refitted / "model"), str(good), str(tmp_path / "missing.hea"),
+    result = run_script("predict.py", "--model", str(refitted / "model"), str(good), str(tmp_path / "missing.hea"),
                  str(nan), str(tmp_path / "nowhere"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -128,7 +119,7 @@ def test_predict_reads_mat_records_and_folders_without_labels(refitted: Path, tm
     for name in ("A00001", "A00002"):
         for ext in (".hea", ".mat"):
             shutil.copy(CINC / f"{name}{ext}", folder)
-    result = cli("predict.py", "--model", str(refitted / "model"), str(CINC / "A00003.mat"), str(folder),
+    result = run_script("predict.py", "--model", str(refitted / "model"), str(CINC / "A00003.mat"), str(folder),
                  "--output", str(tmp_path / "out.csv"))
     assert result.returncode == 0, result.stderr
     rows = pd.read_csv(tmp_path / "out.csv")

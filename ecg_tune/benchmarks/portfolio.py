@@ -155,6 +155,7 @@ def measure(config: TrainConfig, dataset: Dataset, metric: str, budget: float,
             device: str | None = None) -> dict[str, Any]:
     """Train `config` through the loop until the epoch that crosses `budget` seconds (or the
     loop ends); the figures of one candidate on one seed."""
+    from ecg_tune.models.head import HeadFit
     from ecg_tune.training.loop import fit
 
     train, val = dataset.index("train"), dataset.index("val")
@@ -168,7 +169,8 @@ def measure(config: TrainConfig, dataset: Dataset, metric: str, budget: float,
         times.append(time.perf_counter() - started)
         values.append(float(result.metrics[metric]))
         epoch_seconds.append(float(result.metrics["epoch_seconds"]))
-        one_fit = result.network.model.closed_form_head
+        head = result.network.model.fitted_head()
+        one_fit = head is not None and head.fit_when is HeadFit.ONLY_EPOCH
         if times[-1] >= budget:
             break
     epochs = len(values)

@@ -77,7 +77,7 @@ def cinc_data(path: Path = CINC, n_records: int = 2000, input_length: int = 3000
 
     from ecg_tune.data import load
     from ecg_tune.data.tensors import to_tensors
-    from ecg_tune.models.svm import stratified_subsample
+    from ecg_tune.models.head import stratified_subsample
 
     records = load(str(path), progress=False)
     assert records.labels is not None

@@ -10,6 +10,10 @@ Kinds, chosen from the source string:
 - fixed-length beat tables: UCR text files (`.txt` / `.tsv`, label in the first column) and wide
   CSV files (label in the last column); a `*_TRAIN` / `*_TEST` pair keeps its split.
 
+`source_kind` tells the kind from the source string; `SOURCES` is the registry of readers, one
+per kind, which `read_source` looks the kind up in (adding a kind: one reader registered under
+the name `source_kind` returns for it).
+
 Readers only read. Checks that apply to every source (empty or non-finite signals) and caching
 live in `ecg_tune.data` (load); splitting in data/split.py.
 """
@@ -31,8 +35,12 @@ import pandas as pd
 
 from ecg_tune.data.records import Records
 from ecg_tune.errors import DataError
+from ecg_tune.registry import Registry
 
 LabelColumn = Literal["first", "last", "none"]
+# A reader of one kind of source: (the source string, label_column, progress) -> Records.
+SourceReader = Callable[[str, "LabelColumn | None", bool], Records]
+SOURCES: Registry[SourceReader] = Registry("data source")
 
 # The notebook stored CinC 2017 labels as integers in this order (see its data preparation).
 NOTEBOOK_CLASSES = ["N", "A", "O", "~"]
@@ -47,7 +55,8 @@ SYNTHETIC_DEFAULT_RECORDS = 1000
 
 
 def source_kind(source: str) -> str:
-    """The reader a source string selects: synthetic, physionet, notebook, ucr_folder or table."""
+    """The kind of a source string, the name of its reader in `SOURCES`: synthetic, notebook,
+    physionet, physionet_record, ucr_folder or table."""
     if source == "synthetic" or source.startswith("synthetic:"):
         return "synthetic"
     path = Path(source).expanduser()
@@ -76,19 +85,44 @@ def source_kind(source: str) -> str:
 
 def read_source(source: str, label_column: LabelColumn | None = None, progress: bool = True) -> Records:
     """Read any source string into Records (uncached; see ecg_tune.data.load)."""
-    kind = source_kind(source)
-    if kind == "synthetic":
-        return read_synthetic(source)
-    path = Path(source).expanduser().resolve()
-    if kind == "notebook":
-        return read_notebook_folder(path)
-    if kind == "physionet":
-        return read_physionet_folder(path, progress=progress)
-    if kind == "physionet_record":
-        return read_wfdb_records([path.with_suffix("")], source=str(path), progress=progress)
-    if kind == "ucr_folder":
-        return read_table(_ucr_pair_in_folder(path)[0], label_column)
-    return read_table(path, label_column)
+    return SOURCES.get(source_kind(source))(source, label_column, progress)
+
+
+def _path(source: str) -> Path:
+    return Path(source).expanduser().resolve()
+
+
+# The readers of the kinds, by the names source_kind gives them.
+
+@SOURCES.register("synthetic")
+def _synthetic(source: str, label_column: LabelColumn | None, progress: bool) -> Records:
+    return read_synthetic(source)
+
+
+@SOURCES.register("notebook")
+def _notebook(source: str, label_column: LabelColumn | None, progress: bool) -> Records:
+    return read_notebook_folder(_path(source))
+
+
+@SOURCES.register("physionet")
+def _physionet(source: str, label_column: LabelColumn | None, progress: bool) -> Records:
+    return read_physionet_folder(_path(source), progress=progress)
+
+
+@SOURCES.register("physionet_record")
+def _physionet_record(source: str, label_column: LabelColumn | None, progress: bool) -> Records:
+    path = _path(source)
+    return read_wfdb_records([path.with_suffix("")], source=str(path), progress=progress)
+
+
+@SOURCES.register("ucr_folder")
+def _ucr_folder(source: str, label_column: LabelColumn | None, progress: bool) -> Records:
+    return read_table(_ucr_pair_in_folder(_path(source))[0], label_column)
+
+
+@SOURCES.register("table")
+def _table(source: str, label_column: LabelColumn | None, progress: bool) -> Records:
+    return read_table(_path(source), label_column)
 
 
 # ---------------------------------------------------------------------------------- synthetic

@@ -1,5 +1,6 @@
-"""Temperature scaling: one float T that turns a classifier's scores into probabilities,
-softmax(scores / T), fitted on out-of-sample scores by minimising their log loss.
+"""Scores -> probabilities: `softmax`, and temperature scaling: one float T that turns a
+classifier's scores into probabilities, softmax(scores / T), fitted on out-of-sample scores by
+minimising their log loss.
 
 Shared by the heads that are not trained on a log loss (the SVM stage of cnn_svm, the ridge head
 of minirocket): their raw scores would otherwise give far too flat or too sharp probabilities.
@@ -27,3 +28,11 @@ def fit_temperature(scores: np.ndarray, target: np.ndarray) -> float:
         return float(-log_softmax(scores / np.exp(log_t), axis=1)[rows, target].mean())
 
     return float(np.exp(minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded").x))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, k) scores, in their dtype (the network's heads and the ridge head's
+    training loss share it, so both give the same probabilities from the same logits)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ecg_tune.models import MODELS, EcgModel, WidthOptions
+from ecg_tune.models.base import MODELS, EcgModel, WidthOptions
 
 _BASE_CHANNELS = (32, 64, 128, 256)
 _KERNELS = (5, 5, 3, 3)

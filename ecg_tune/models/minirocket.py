@@ -50,7 +50,8 @@ checkpoint, the bundle) restores the model exactly. The head is an ordinary `nn.
 standardised features, fitted one of two ways (`rocket_head`):
 - "ridge": solved in closed form, as MiniRocket's authors do, by ridge classification with
   its penalty chosen by leave-one-out (ecg_tune/models/ridge.py), on the features of every
-  training window; the run is that one fit (one "epoch", no augmentation, no learning rate).
+  training window; the run is that one fit (one "epoch", no augmentation, no learning rate):
+  `fitted_head()` returns that `RidgeHead` (the `FittedHead` contract of models/head.py).
   Measured on ECG200 (5 seeds, `python -m ecg_tune.benchmarks.rocket ecg200`): test accuracy
   0.920 with the ridge head against 0.888 +- 0.013 with the gradient-trained head after 40
   epochs, so ridge is the head the shipped `full` space searches.
@@ -79,8 +80,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ecg_tune.errors import ConfigError
-from ecg_tune.models import MODELS, EcgModel
-from ecg_tune.models.ridge import fit_ridge
+from ecg_tune.models.base import MODELS, EcgModel
+from ecg_tune.models.ridge import RidgeHead
 from ecg_tune.registry import PartOptions
 
 __all__ = ["MiniRocket", "RocketOptions", "fit_dilations", "kernel_weights", "quantile_levels",
@@ -195,7 +196,7 @@ class MiniRocket(EcgModel):
         if rocket_head not in ("ridge", "gradient"):
             raise ConfigError(f"rocket_head={rocket_head!r} must be ridge or gradient")
         self.operators = OPERATORS[rocket_pooling]
-        self.closed_form_head = rocket_head == "ridge"
+        self.ridge_head = rocket_head == "ridge"
         lengths = {"raw": input_length, **({"diff": input_length - 1} if rocket_difference else {})}
         per_kernel = max(1, rocket_features // (N_KERNELS * len(self.operators) * len(lengths)))
         self.series: list[_Series] = []
@@ -313,16 +314,14 @@ class MiniRocket(EcgModel):
         """The standardised random-kernel features (no gradient flows into the input)."""
         return (self.rocket_features(x) - self.feature_mean) / self.feature_scale
 
-    def fit_head(self, features: Tensor, labels: np.ndarray, weights: np.ndarray | None,
-                 seed: int) -> dict[str, float]:
-        """The ridge head (see ecg_tune/models/ridge.py) on standardised features."""
-        found = fit_ridge(features, labels, self.n_classes, weights=weights, seed=seed)
+    def fitted_head(self) -> RidgeHead | None:
+        """With `rocket_head: ridge`, the ridge head (ecg_tune/models/ridge.py) solved into the
+        Linear layer on the standardised features; with "gradient", none."""
+        if not self.ridge_head:
+            return None
         head = self.head
         assert isinstance(head, nn.Linear)  # built in __init__
-        with torch.no_grad():
-            head.weight.copy_(found.weight)
-            head.bias.copy_(found.bias)
-        return {"ridge_alpha": found.alpha, "ridge_temperature": found.temperature}
+        return RidgeHead(head)
 
     # -- fitted from training data ----------------------------------------------------------
 

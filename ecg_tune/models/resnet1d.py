@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ecg_tune.models import MODELS, EcgModel, WidthOptions
+from ecg_tune.models.base import MODELS, EcgModel, WidthOptions
 
 # Branches of a multi-scale convolution as (kernel, dilation).
 BRANCHES: tuple[tuple[int, int], ...] = ((3, 1), (9, 1), (9, 2))

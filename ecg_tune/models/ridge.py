@@ -1,5 +1,9 @@
 """Closed-form ridge classification: the head `minirocket` is fitted with (`rocket_head: ridge`).
 
+`RidgeHead` is that head as a `FittedHead` (models/head.py): fitted once, as the run's only epoch,
+on the features of every training window, straight into the model's last Linear layer (so the
+model's forward applies it and its state dict carries it). `fit_ridge` is the solver:
+
 The method of scikit-learn's RidgeClassifierCV, which MiniRocket's authors pair it with, written
 in torch so that it runs on the trial's threads (numpy's BLAS would take every core of a machine
 that Ray shares out one CPU per trial):
@@ -23,16 +27,17 @@ smallest alpha, beyond float32 (and MPS has no float64).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ecg_tune.models.calibrate import fit_temperature
-from ecg_tune.models.svm import stratified_subsample
+from ecg_tune.models.calibrate import fit_temperature, softmax
+from ecg_tune.models.head import HeadFit, stratified_subsample
 
-__all__ = ["ALPHAS", "SELECT_ROWS", "RidgeFit", "fit_ridge", "loo_errors"]
+__all__ = ["ALPHAS", "SELECT_ROWS", "RidgeFit", "RidgeHead", "fit_ridge", "loo_errors"]
 
 ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-3, 3, 10))
 SELECT_ROWS = 3000
@@ -121,3 +126,66 @@ def fit_ridge(features: Tensor | np.ndarray, labels: np.ndarray, n_classes: int,
     bias = y_mean - x_mean @ coef
     return RidgeFit(weight=(coef.T / temperature).float(), bias=(bias / temperature).float(),
                     alpha=alpha, temperature=temperature, loo_error=float(errors[best]))
+
+
+class RidgeHead:
+    """The `FittedHead` (models/head.py) that solves a model's last Linear layer by `fit_ridge`.
+
+    Part of the model (`file` None): the fit writes the Linear's weight and bias, which the
+    model's forward applies and its state dict saves. `to_bytes` / `load_bytes` carry the same
+    two tensors on their own (a torch file read with weights_only, so no code runs).
+    """
+
+    name = "ridge head"
+    fit_when = HeadFit.ONLY_EPOCH  # the features are fixed: nothing is left to train after it
+    max_records = None  # every training window: eigh's cost is bounded by SELECT_ROWS instead
+    file = None
+
+    def __init__(self, linear: nn.Linear) -> None:
+        self.linear = linear
+        self._summary: dict[str, float] = {}
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, *, n_classes: int | None = None,
+            weights: np.ndarray | None = None, seed: int | None = None) -> RidgeHead:
+        """Solve the Linear layer from features (n, in_features); `n_classes` must be its
+        out_features when given."""
+        classes = self.linear.out_features
+        if n_classes is not None and n_classes != classes:
+            raise ValueError(f"the ridge head gives {classes} classes, asked for {n_classes}")
+        found = fit_ridge(features, labels, classes, weights=weights, seed=0 if seed is None else seed)
+        self._write(found.weight, found.bias)
+        self._summary = {"ridge_alpha": found.alpha, "ridge_temperature": found.temperature}
+        return self
+
+    def summary(self) -> dict[str, float]:
+        """The penalty chosen by leave-one-out and the temperature its scores were divided by."""
+        return dict(self._summary)
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """softmax of the Linear layer's logits, computed where the layer lives."""
+        with torch.no_grad():
+            logits = self.linear(torch.as_tensor(features).to(self.linear.weight.device))
+        return softmax(logits.float().cpu().numpy())
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({"weight": self.linear.weight.detach().cpu(), "bias": self.linear.bias.detach().cpu()}, buffer)
+        return buffer.getvalue()
+
+    def load_bytes(self, blob: bytes) -> RidgeHead:
+        """The weight and bias in `blob` written into the Linear layer (this head, returned)."""
+        try:
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, ...) for other bytes
+            raise ValueError(f"not a ridge head ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        want = {"weight": self.linear.weight, "bias": self.linear.bias}
+        if not (isinstance(state, dict) and set(state) == set(want)
+                and all(isinstance(state[k], Tensor) and state[k].shape == v.shape for k, v in want.items())):
+            raise ValueError(f"not a ridge head for a Linear layer of shape {list(self.linear.weight.shape)}")
+        self._write(state["weight"], state["bias"])
+        return self
+
+    def _write(self, weight: Tensor, bias: Tensor) -> None:
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.copy_(bias)

@@ -3,8 +3,8 @@
 Both names build the same network: two unpadded kernel-3 convolutions (16 and 32 channels),
 each followed by ReLU and max-pooling by 2, then Linear to `feature_size`, ReLU, Linear to the
 classes, with He (kaiming) initialisation. `cnn_svm` trains exactly this network with its
-linear head and is marked `uses_svm = True`, which tells the training loop to fit an RBF SVM
-(models/svm.py) on `features(x)`, the ReLU'd `feature_size` vector.
+linear head and declares an RBF SVM stage (models/svm.py) as its `fitted_head()`, which the
+training loop fits on `features(x)`, the ReLU'd `feature_size` vector, after every epoch.
 
 Options: `feature_size`; `cnn_svm` adds the SVM stage's (models/svm.py). The seed has no
 dropout and fixed conv widths; keeping them fixed keeps the seed's results reproducible.
@@ -19,8 +19,8 @@ from pydantic import Field
 from torch import nn
 
 from ecg_tune.errors import ConfigError
-from ecg_tune.models import MODELS, EcgModel
-from ecg_tune.models.svm import SVMOptions
+from ecg_tune.models.base import MODELS, EcgModel
+from ecg_tune.models.svm import SVMOptions, SVMStage
 from ecg_tune.registry import PartOptions
 
 _KERNEL = 3
@@ -94,12 +94,20 @@ class CnnSvmOptions(FeatureSizeOptions, SVMOptions):
 
 @MODELS.register("cnn_svm")
 class CNNWithSVM(SimpleCNN):
-    """SimpleCNN trained with its linear head; an SVM is then fitted on its features."""
+    """SimpleCNN trained with its linear head; an SVM stage is then fitted on its features."""
 
     Options = CnnSvmOptions
-    uses_svm = True
 
     @classmethod
     def build(cls, in_channels: int, input_length: int, n_classes: int, options: PartOptions) -> CNNWithSVM:
-        assert isinstance(options, CnnSvmOptions)  # the SVM's options are read by the SVM stage
-        return cls(in_channels, input_length, n_classes, options.feature_size)
+        assert isinstance(options, CnnSvmOptions)  # the registry validated them with Options
+        return cls(in_channels, input_length, n_classes, options.feature_size, svm=options)
+
+    def __init__(self, in_channels: int, input_length: int, n_classes: int, feature_size: int = 64,
+                 svm: SVMOptions | None = None) -> None:
+        super().__init__(in_channels, input_length, n_classes, feature_size)
+        self.svm_options = svm if svm is not None else SVMOptions()
+
+    def fitted_head(self) -> SVMStage:
+        """A new SVM stage with this model's svm_* options."""
+        return SVMStage.from_options(self.svm_options)

@@ -1,5 +1,9 @@
 """The SVM stage of `cnn_svm`: an RBF SVC fitted on a trained network's features.
 
+`SVMStage` is cnn_svm's `FittedHead` (models/head.py): fitted after every epoch on the
+extractor's features of (a stratified subsample of) the training records, kept apart from the
+network (`svm.skops` in a bundle), its probabilities replacing the network head's.
+
 `SVMStage.pipeline` is a plain scikit-learn Pipeline (StandardScaler + SVC), the pair that
 skops saves and loads with no untrusted types. Class probabilities come from temperature
 scaling of the SVC's decision function, with the temperature (one float, `temperature_`)
@@ -21,7 +25,7 @@ from the fit gets a zero column.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -34,9 +38,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from ecg_tune.models.calibrate import fit_temperature
+from ecg_tune.models.head import HeadFit, stratified_subsample
 from ecg_tune.registry import PartOptions
 
-__all__ = ["SVMOptions", "SVMStage", "stratified_subsample"]
+__all__ = ["SVMOptions", "SVMStage"]
 
 
 class SVMOptions(PartOptions):
@@ -46,40 +51,7 @@ class SVMOptions(PartOptions):
     svm_gamma: float | Literal["scale", "auto"] = "scale"
     # Training records the SVM is fitted on per epoch (stratified subsample when more).
     svm_max_train: int = Field(3000, ge=1)
-
-def stratified_subsample(labels: np.ndarray, max_rows: int, seed: int = 0,
-                         min_per_class: int = 3) -> np.ndarray:
-    """Sorted row indices of at most `max_rows` rows, class shares kept, every class kept.
-
-    Each class gets its proportional share (largest remainders fill the rest) but at least
-    min(its count, `min_per_class`) rows, so a rare class survives and the calibration folds
-    can still stratify. Returns all rows when there are no more than `max_rows`.
-    """
-    labels = np.asarray(labels)
-    n = len(labels)
-    if n <= max_rows:
-        return np.arange(n)
-    classes, counts = np.unique(labels, return_counts=True)
-    if len(classes) > max_rows:
-        raise ValueError(f"max_train={max_rows} is below the number of classes ({len(classes)})")
-    floor = np.minimum(counts, min(min_per_class, max_rows // len(classes)))
-    share = counts * (max_rows / n)
-    take = np.maximum(np.floor(share).astype(int), floor)
-    # Trim the classes that gained from the floor's top-up, largest first, down to max_rows.
-    while take.sum() > max_rows:
-        i = int(np.argmax(take - floor))
-        take[i] -= 1
-    # Hand out what is left by largest remainder, never more than a class has.
-    remainder = share - np.floor(share)
-    for i in np.argsort(-remainder, kind="stable"):
-        if take.sum() >= max_rows:
-            break
-        if take[i] < counts[i]:
-            take[i] += 1
-    rng = np.random.default_rng(seed)
-    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
-              for c, k in zip(classes, take, strict=False)]
-    return np.sort(np.concatenate(picked))
+    record_caps: ClassVar[tuple[str, ...]] = ("svm_max_train",)  # the refit: every record
 
 
 class SVMStage:
@@ -93,14 +65,22 @@ class SVMStage:
         calibration_folds: folds for the out-of-fold decision values the temperature is
             fitted on (3 costs about half of 5 for the same log loss here); 0 or 1 skips
             calibration (temperature 1, a single SVC fit).
+        max_records: the training loop fits the stage on the windows of at most this many
+            training records (`FittedHead.max_records`); a training-time setting, not saved
+            (a loaded stage only predicts).
 
     Attributes after `fit`: `pipeline` (StandardScaler + SVC, or + DummyClassifier when the
     fit data hold a single class), `temperature_`, `n_classes_`, `classes_` (labels present
     in the fit), `train_index_` (rows of the given features actually used).
     """
 
+    # The FittedHead contract (models/head.py).
+    name = "SVM stage"
+    fit_when = HeadFit.EVERY_EPOCH
+    file = "svm.skops"
+
     def __init__(self, C: float = 1.0, gamma: float | str = "scale", max_train: int = 3000,
-                 seed: int = 0, calibration_folds: int = 3) -> None:
+                 seed: int = 0, calibration_folds: int = 3, max_records: int | None = None) -> None:
         if max_train < 2:
             raise ValueError(f"max_train must be at least 2, got {max_train}")
         self.C = C
@@ -108,23 +88,36 @@ class SVMStage:
         self.max_train = max_train
         self.seed = seed
         self.calibration_folds = calibration_folds
+        self.max_records = max_records
         self.pipeline: Pipeline | None = None
         self.temperature_: float = 1.0
         self.n_classes_: int = 0
         self.classes_: np.ndarray = np.array([], dtype=np.int64)
         self.train_index_: np.ndarray = np.array([], dtype=np.int64)
 
+    @classmethod
+    def from_options(cls, options: SVMOptions) -> SVMStage:
+        """The stage a model with these options fits in training: on at most `svm_max_train`
+        records, every window of them a row, at most twice as many rows (the stage's own cap
+        keeps the fit bounded when records are long)."""
+        return cls(C=options.svm_c, gamma=options.svm_gamma, max_train=2 * options.svm_max_train,
+                   max_records=options.svm_max_train)
+
     def _new_pipeline(self) -> Pipeline:
         return Pipeline([("scale", StandardScaler()),
                          ("svc", SVC(C=self.C, gamma=self.gamma, kernel="rbf"))])
 
-    def fit(self, features: np.ndarray, labels: np.ndarray, *,
-            n_classes: int | None = None) -> SVMStage:
+    def fit(self, features: np.ndarray, labels: np.ndarray, *, n_classes: int | None = None,
+            weights: np.ndarray | None = None, seed: int | None = None) -> SVMStage:
         """Fit on features (n, F) and integer labels (n,) in 0..n_classes-1.
 
         `n_classes` defaults to max(label) + 1; pass it so that a class absent from these
-        labels still gets its (zero) probability column.
+        labels still gets its (zero) probability column. `weights` are not used: the SVC is
+        fitted unweighted, as cnn_svm's always was (class_weighting weights the extractor's
+        loss). `seed`, when given, replaces the constructor's.
         """
+        if seed is not None:
+            self.seed = seed
         x = np.asarray(features, dtype=np.float64)
         y = np.asarray(labels).astype(np.int64, copy=False)
         if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
@@ -159,6 +152,10 @@ class SVMStage:
             scores[test] = _logits(model.decision_function(x[test]))
         return fit_temperature(scores, np.searchsorted(self.classes_, y))
 
+    def summary(self) -> dict[str, float]:
+        """Nothing beyond the validation metrics it is scored by."""
+        return {}
+
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """(n, n_classes) probabilities, column j for label j; absent classes get zeros."""
         if self.pipeline is None:
@@ -191,6 +188,10 @@ class SVMStage:
             "params": {"C": self.C, "gamma": self.gamma, "max_train": self.max_train,
                        "seed": self.seed, "calibration_folds": self.calibration_folds},
         })
+
+    def load_bytes(self, blob: bytes) -> SVMStage:
+        """The stage in `blob` (a new one, with the parameters it was saved with)."""
+        return type(self).from_bytes(blob)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SVMStage:

@@ -107,11 +107,17 @@ class Constant(ParameterBase):
 
 
 class _Range(ParameterBase):
+    """What IntRange and FloatRange share: two ends, a log scale, a `type` that each narrows to its
+    own (declared here too so that the fields keep the order a space shows: type, low, high)."""
+
     log: StrictBool = False
+    type: str
+    low: int | float
+    high: int | float
 
     @model_validator(mode="after")
     def _ordered(self) -> _Range:
-        low, high = self.low, self.high  # type: ignore[attr-defined]
+        low, high = self.low, self.high
         if low > high:
             raise ValueError(f"low {fmt(low)} is greater than high {fmt(high)}")
         if self.log and low <= 0:
@@ -119,14 +125,14 @@ class _Range(ParameterBase):
         return self
 
     def possible(self) -> list[Any]:
-        return [self.low, self.high]  # type: ignore[attr-defined]
+        return [self.low, self.high]
 
     def can_take(self, value: object) -> bool:
         return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and self.low <= value <= self.high)  # type: ignore[attr-defined]
+                and self.low <= value <= self.high)
 
     def shown(self) -> str:
-        text = f"{fmt(self.low)}..{fmt(self.high)}"  # type: ignore[attr-defined]
+        text = f"{fmt(self.low)}..{fmt(self.high)}"
         step = getattr(self, "step", None)
         if self.log:
             text += " (log)"

@@ -3,7 +3,8 @@
 A record longer than the network's input is cut into windows of the input length that overlap
 (the last one ends at the record's end); a shorter record is one window, zero-padded at the end as
 in training. Class probabilities are averaged over a record's windows, so scores are per record,
-never per window, whatever the record's length.
+never per window, whatever the record's length. A model's fitted head kept apart from it
+(models/head.py: cnn_svm's SVM stage) gives the probabilities in place of the network's own.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numpy as np
 import torch
 
 from ecg_tune.data.tensors import TensorData
-from ecg_tune.models.svm import SVMStage
+from ecg_tune.models.calibrate import softmax
+from ecg_tune.models.head import FittedHead
 from ecg_tune.training.network import Network
 
 
@@ -81,21 +83,17 @@ def aggregate(window_probabilities: np.ndarray, owners: np.ndarray, n_records: i
     return totals / np.maximum(counts, 1)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def record_probabilities(network: Network, svm: SVMStage | None, data: TensorData, index: np.ndarray,
+def record_probabilities(network: Network, head: FittedHead | None, data: TensorData, index: np.ndarray,
                          normalisation: str, overlap: float, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Per-record class probabilities: (the SVM stage's when there is one, the network head's).
+    """Per-record class probabilities: (the fitted `head`'s when it is kept apart from the model,
+    the network's own).
 
-    The head's probabilities are returned too because the validation loss is computed from them.
+    The network's own are returned too because the validation loss is computed from them. A head
+    that is part of the model (`file` None), or None, leaves the network's own as the answer.
     """
     logits, owners = window_outputs(network, data, index, normalisation, overlap, device)
-    head = aggregate(softmax(logits), owners, len(index))
-    if svm is None:
-        return head, head
+    own = aggregate(softmax(logits), owners, len(index))
+    if head is None or head.file is None:  # the network's forward already applies a head in the model
+        return own, own
     features, owners = window_outputs(network, data, index, normalisation, overlap, device, features=True)
-    return aggregate(svm.predict_proba(features), owners, len(index)), head
+    return aggregate(head.predict_proba(features), owners, len(index)), own

@@ -12,14 +12,16 @@ augmentations as the uninterrupted run would have.
 A model marked `needs_data_init` (minirocket) first fits what it takes from the data (biases,
 feature scaling) on a fixed, seeded sample of training records, unless the run is resumed.
 
-A model with a `closed_form_head` (minirocket's ridge head) has nothing to train step by step:
-its run is one "epoch" in which the head is solved from the features of every training window
-(the windows evaluation cuts, not augmented; `class_weighting` weights the rows), and its
-train_loss is that head's log loss on them.
-
-`cnn_svm`: each epoch trains the extractor with its linear head, then fits the SVM stage on that
-epoch's features of (a stratified subsample of) the training records and reports the SVM's
-validation metrics, so that it is ranked by what it would deliver.
+A model with a `fitted_head()` (models/head.py: a head fitted on the model's features, not
+trained by gradient) has it fitted on the features of the training windows (the windows
+evaluation cuts, not augmented; `class_weighting` weights the rows; at most the head's
+`max_records` records, a stratified subsample per epoch), when the head says:
+- `ONLY_EPOCH` (minirocket's ridge head): nothing is trained step by step; the run is one
+  "epoch", that fit, and its train_loss is the head's log loss on those windows;
+- `EVERY_EPOCH` (cnn_svm's SVM stage): after each epoch's gradient steps, and the epoch is
+  validated with the head, so that it is ranked by what it would deliver; `LAST_EPOCH` (also what
+  the refit asks of an every-epoch head): after the last epoch only.
+The head's figures (`summary()`) join the epoch's metrics and its bytes the checkpoint.
 """
 
 from __future__ import annotations
@@ -35,16 +37,20 @@ from torch import nn
 from ecg_tune.config import TrainConfig
 from ecg_tune.data.tensors import TensorData
 from ecg_tune.errors import ConfigError
-from ecg_tune.models.svm import SVMOptions, SVMStage, stratified_subsample
+from ecg_tune.models.head import FittedHead, HeadFit, stratified_subsample
 from ecg_tune.signal.augment import BatchAugmenter, build_augmenter, fit_to_length
 from ecg_tune.training.device import pick_device
-from ecg_tune.training.evaluate import record_probabilities, softmax, window_outputs
-from ecg_tune.training.metrics import FINISHED, classification_metrics
+from ecg_tune.training.evaluate import record_probabilities, window_outputs
+from ecg_tune.training.metrics import classification_metrics
 from ecg_tune.training.network import Network, build_network
+from ecg_tune.training.reported import FINISHED, EarlyStop
 
 # Training records `initialise` sees (models with `needs_data_init`), drawn with this stream.
 INIT_RECORDS = 512
 _INIT_STREAM = 0x1D17
+# The checkpoint key of the fitted head's bytes: named when cnn_svm's SVM stage was the only such
+# head, and kept so that checkpoints written since still resume.
+_HEAD_KEY = "svm"
 
 
 @dataclass
@@ -52,7 +58,7 @@ class EpochResult:
     epoch: int  # 1-based: the number of epochs trained so far
     metrics: dict
     network: Network
-    svm: SVMStage | None
+    head: FittedHead | None  # the model's fitted head, once fitted (models/head.py)
     _state: dict = field(repr=False, default_factory=dict)
 
     def state(self) -> dict:
@@ -76,14 +82,14 @@ def fit(
     device: torch.device | str | None = None,
     resume: dict | None = None,
     lr_schedule: list[float] | None = None,
-    svm_last_epoch_only: bool = False,
+    head_last_epoch_only: bool = False,
 ) -> Iterator[EpochResult]:
     """Train `config` on the records at `train_index`, validating on `val_index` each epoch.
 
     lr_schedule: learning rate per epoch to replay instead of ReduceLROnPlateau (the refit, which
     has no validation data left, replays what the trial used). val_index may then be empty.
-    svm_last_epoch_only: fit cnn_svm's SVM stage after the last epoch only (the refit, which
-    reports no per-epoch validation, needs just the final one).
+    head_last_epoch_only: fit an every-epoch fitted head after the last epoch only (the refit,
+    which reports no per-epoch validation, needs just the final one).
     """
     if data.labels is None:
         raise ConfigError(f"{data.record_ids[0] if len(data) else 'data'}: training needs labelled records")
@@ -104,25 +110,28 @@ def fit(
     augmenter = build_augmenter(config.augmentation, input_length, fit=config.fit,
                                 **config.part_options("augmentation"))
 
-    start_epoch, best_loss, stale, history = 0, float("inf"), 0, []
-    svm = None
+    start_epoch, history = 0, []
+    early = EarlyStop.resumed(config.early_stop_patience, resume)
+    head: FittedHead | None = None
     if resume:
         network.load_state_dict(resume["network"])
         optimizer.load_state_dict(resume["optimizer"])
         if plateau is not None and resume.get("plateau"):
             plateau.load_state_dict(resume["plateau"])
         start_epoch = int(resume["epoch"])
-        best_loss, stale = float(resume["best_loss"]), int(resume["stale"])
         history = list(resume.get("lr_history", []))
-        svm = _load_svm(resume.get("svm"))
+        head = network.model.restore_head(resume.get(_HEAD_KEY))
     elif network.model.needs_data_init:
         _initialise_model(config, network, data, train_index, device)
 
     signals, lengths, scale = data.torch_views()
     labels = torch.as_tensor(data.labels)
     epochs = len(lr_schedule) if lr_schedule is not None else config.epochs
-    closed_form = network.model.closed_form_head
-    if closed_form:
+    declared = network.model.fitted_head()
+    head_fit = None if declared is None else declared.fit_when
+    if head_fit is HeadFit.EVERY_EPOCH and head_last_epoch_only:
+        head_fit = HeadFit.LAST_EPOCH
+    if head_fit is HeadFit.ONLY_EPOCH:
         epochs = min(epochs, 1)  # the one fit is the whole run
     for epoch in range(start_epoch, epochs):
         if lr_schedule is not None:
@@ -130,42 +139,41 @@ def fit(
                 group["lr"] = lr_schedule[epoch]
         lr_used = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        fitted: dict[str, float] = {}
-        if closed_form:
-            train_loss, seen, fitted = _fit_closed_form_head(config, network, data, train_index, device)
+        fitted: FittedHead | None = None
+        if head_fit is HeadFit.ONLY_EPOCH:
+            fitted, features, window_labels = _fit_head(config, network, data, train_index, epoch, device)
+            train_loss, seen = _log_loss(fitted.predict_proba(features), window_labels), len(window_labels)
         else:
             train_loss, seen = _train_epoch(config, network, optimizer, criterion, augmenter, signals,
                                             lengths, scale, labels, train_index, epoch, device)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr_used,
-                   "train_samples_per_s": seen / max(train_seconds, 1e-9), **fitted}
-        if network.model.uses_svm and (not svm_last_epoch_only or epoch + 1 == epochs):
-            svm = _fit_svm(config, network, data, train_index, epoch, device)
+                   "train_samples_per_s": seen / max(train_seconds, 1e-9)}
+        if head_fit is HeadFit.EVERY_EPOCH or (head_fit is HeadFit.LAST_EPOCH and epoch + 1 == epochs):
+            fitted, _, _ = _fit_head(config, network, data, train_index, epoch, device)
+        if fitted is not None:
+            head = fitted
+            metrics.update(head.summary())
         if len(val_index):
-            metrics.update(_validate(config, network, svm, data, val_index, device))
+            metrics.update(_validate(config, network, head, data, val_index, device))
             if plateau is not None:
                 plateau.step(metrics["val_loss"])
-            if metrics["val_loss"] < best_loss - 1e-6:
-                best_loss, stale = metrics["val_loss"], 0
-            else:
-                stale += 1
+            early.update(metrics)
         metrics["epoch_seconds"] = time.perf_counter() - started
-        stop_early = bool(config.early_stop_patience) and stale >= config.early_stop_patience
-        metrics[FINISHED] = epoch + 1 == epochs or stop_early
+        metrics[FINISHED] = epoch + 1 == epochs or early.stop
         history.append(lr_used)
         state = {
             "epoch": epoch + 1,
             "network": network.state_dict(),
             "optimizer": optimizer.state_dict(),
             "plateau": plateau.state_dict() if plateau is not None else None,
-            "best_loss": best_loss,
-            "stale": stale,
+            **early.state(),  # best_loss, stale
             "lr_history": list(history),
             "input_length": input_length,
-            "svm": _dump_svm(svm),
+            _HEAD_KEY: head.to_bytes() if head is not None else None,
         }
-        yield EpochResult(epoch + 1, metrics, network, svm, state)
-        if stop_early:
+        yield EpochResult(epoch + 1, metrics, network, head, state)
+        if early.stop:
             break
 
 
@@ -184,23 +192,30 @@ def _initialise_model(config: TrainConfig, network: Network, data: TensorData, t
         network.model.initialise(network.inputs(x.to(device)))
 
 
-def _fit_closed_form_head(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
-                          device: torch.device) -> tuple[float, int, dict[str, float]]:
-    """Solve the head on the features of every training window; (train log loss, rows, what the
-    fit reports)."""
+def _fit_head(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray, epoch: int,
+              device: torch.device) -> tuple[FittedHead, np.ndarray, np.ndarray]:
+    """A new fitted head of the model, fitted on the features of the training windows (of at most
+    its `max_records` records, drawn with the epoch); (the head, those features, their labels)."""
     assert data.labels is not None  # training data is labelled (data.prepare)
-    features, owners = window_outputs(network, data, train_index, config.normalisation,
+    head = network.model.fitted_head()
+    assert head is not None  # fit() fits one only for a model that declares it
+    records = train_index
+    if head.max_records is not None:
+        records = train_index[stratified_subsample(data.labels[train_index], head.max_records,
+                                                   seed=config.seed + epoch)]
+    features, owners = window_outputs(network, data, records, config.normalisation,
                                       config.window_overlap, device, features=True)
-    window_labels = data.labels[train_index][owners]
+    window_labels = data.labels[records][owners]
     n_classes = len(data.classes)
     weights = _class_weights(config, window_labels, n_classes, torch.device("cpu"))
-    rows = torch.as_tensor(features)
-    fitted = network.model.fit_head(rows, window_labels, None if weights is None else weights[window_labels].numpy(),
-                                    config.seed)
-    with torch.no_grad():  # forward = head(features): no second pass over the windows
-        logits = network.model.head.eval()(rows.to(device)).float().cpu().numpy()
-    probabilities = softmax(logits)[np.arange(len(window_labels)), window_labels]
-    return float(np.mean(-np.log(np.clip(probabilities, 1e-12, None)))), len(window_labels), fitted
+    head.fit(features, window_labels, n_classes=n_classes, seed=config.seed,
+             weights=None if weights is None else weights[window_labels].numpy())
+    return head, features, window_labels
+
+
+def _log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log probability of each row's true label (clipped: a zero is not infinite)."""
+    return float(np.mean(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None))))
 
 
 def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.Optimizer,
@@ -245,33 +260,15 @@ def train_step(network: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
     return float(loss.detach())
 
 
-def _validate(config: TrainConfig, network: Network, svm: SVMStage | None, data: TensorData,
+def _validate(config: TrainConfig, network: Network, head: FittedHead | None, data: TensorData,
               val_index: np.ndarray, device: torch.device) -> dict:
     assert data.labels is not None  # training data is labelled (data.prepare)
     truth = data.labels[val_index]
-    probabilities, head = record_probabilities(network, svm, data, val_index, config.normalisation,
-                                               config.window_overlap, device)
-    loss = float(np.mean(-np.log(np.clip(head[np.arange(len(truth)), truth], 1e-12, None))))
+    probabilities, own = record_probabilities(network, head, data, val_index, config.normalisation,
+                                              config.window_overlap, device)
     metrics = classification_metrics(truth, probabilities.argmax(axis=1), data.classes, prefix="val_")
-    metrics["val_loss"] = loss
+    metrics["val_loss"] = _log_loss(own, truth)  # the network's own: the loss its training lowers
     return metrics
-
-
-def _fit_svm(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
-             epoch: int, device: torch.device) -> SVMStage:
-    """The SVM stage on the extractor's features of (a stratified subsample of) the training records."""
-    options = config.options_for("model")
-    if not isinstance(options, SVMOptions):
-        raise ConfigError(f"model {config.model} uses an SVM stage but does not declare SVMOptions")
-    assert data.labels is not None  # training data is labelled (data.prepare)
-    subset = train_index[stratified_subsample(data.labels[train_index], options.svm_max_train,
-                                              seed=config.seed + epoch)]
-    features, owners = window_outputs(network, data, subset, config.normalisation,
-                                      config.window_overlap, device, features=True)
-    window_labels = data.labels[subset][owners]
-    # Every window of the chosen records is a training row; SVMStage's own cap keeps the fit bounded.
-    return SVMStage(C=options.svm_c, gamma=options.svm_gamma, max_train=2 * options.svm_max_train,
-                    seed=config.seed).fit(features, window_labels, n_classes=len(data.classes))
 
 
 def _class_weights(config: TrainConfig, train_labels: np.ndarray, n_classes: int,
@@ -281,11 +278,3 @@ def _class_weights(config: TrainConfig, train_labels: np.ndarray, n_classes: int
     counts = np.bincount(train_labels, minlength=n_classes).astype(np.float64)
     weights = np.where(counts > 0, len(train_labels) / (n_classes * np.maximum(counts, 1)), 0.0)
     return torch.as_tensor(weights, dtype=torch.float32, device=device)
-
-
-def _dump_svm(svm: SVMStage | None) -> bytes | None:
-    return None if svm is None else svm.to_bytes()
-
-
-def _load_svm(blob: bytes | None) -> SVMStage | None:
-    return SVMStage.from_bytes(blob) if blob else None
