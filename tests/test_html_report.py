@@ -5,14 +5,13 @@ parameter kinds from space.json, or guessed for runs without one."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_script
 
 from ecg_tune.cli import main
 from ecg_tune.reporting.analysis import NOT_APPLICABLE, declared_parameters, search_parameters
@@ -22,14 +21,9 @@ from ecg_tune.runs import BestConfig, RunFolder, TrialRecord, TrialTable
 from ecg_tune.search.adapt import DataFacts, adapt
 from ecg_tune.search.space import SearchSpace
 
-ROOT = Path(__file__).resolve().parents[1]
 SEARCH_PLOTS = ("progress", "curves", "importance", "parallel", "slices")
 TEST_PLOTS = ("test-metrics", "per-class", "confusion", "refit-curves")
 
-
-def cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True,
-                          text=True, timeout=600)
 
 
 class _Page(HTMLParser):
@@ -129,7 +123,7 @@ def test_report_on_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path,
     assert main(["report", "--run", str(tmp_path / "missing")]) == 2
     assert not (tmp_path / "missing").exists()
     # scripts/report.py is the same command (its help stops before anything heavy is imported).
-    usage = cli("report.py", "--help")
+    usage = run_script("report.py", "--help")
     assert usage.returncode == 0 and "--run" in usage.stdout
 
 
