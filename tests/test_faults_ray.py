@@ -38,7 +38,7 @@ from ray import tune
 
 from ecg_tune.data import prepare
 from ecg_tune.pipeline import PipelineOptions, PipelineResult, run_pipeline
-from ecg_tune.search.optuna_search import LOST, TUNE_TRIAL_ID, PruningAwareOptunaSearch
+from ecg_tune.search.optuna_search import LOST, TUNE_TRIAL_ID, PruningAwareOptunaSearch, saved_state
 from ecg_tune.search.plan import SearchOptions
 from ecg_tune.search.trainable import STATE_FILE, WARNINGS_FILE, train_trial
 from ecg_tune.training.folds import choose_validation
@@ -368,9 +368,8 @@ def all_results(out: Path) -> dict[str, list[dict]]:
 def searcher_study(out: Path) -> tuple[object, object]:
     """The Optuna study and sampler in the searcher state Tune saved last in the experiment."""
     newest = max((out / "experiment").glob("searcher-state-*.pkl"))
-    with newest.open("rb") as stream:
-        state = pickle.load(stream)  # the searcher's __dict__ (OptunaSearch.save)
-    return state["_ot_study"], state["_sampler"]
+    study = saved_state(newest).study
+    return study, study.sampler
 
 
 @pytest.mark.slow  # about 2 minutes here, each

@@ -57,7 +57,7 @@ def test_stopped_trials_are_pruned_and_finished_ones_complete_with_their_best(mo
     s.on_trial_complete("errored", error=True)  # how TuneController reports an error: no result
     assert s.suggest("never_ran") is not None
     s.on_trial_complete("never_ran")  # a pending trial removed: no result
-    trials = by_tune_id(s._ot_study)
+    trials = by_tune_id(s.study)
 
     stopped = trials["stopped"]
     assert stopped.state == State.PRUNED
@@ -69,7 +69,7 @@ def test_stopped_trials_are_pruned_and_finished_ones_complete_with_their_best(mo
     assert finished.value == (0.6 if mode == "max" else 0.2)  # its best epoch, as export.py ranks
     assert trials["errored"].state == State.FAIL and trials["errored"].value is None
     assert trials["never_ran"].state == State.PRUNED and trials["never_ran"].intermediate_values == {}
-    assert s._ot_study.direction.name == ("MAXIMIZE" if mode == "max" else "MINIMIZE")
+    assert s.study.direction.name == ("MAXIMIZE" if mode == "max" else "MINIMIZE")
     # A later suggestion still works with pruned trials in the study.
     assert "lr" in s.suggest("next")
 
@@ -80,7 +80,7 @@ def test_ray_behaviour_for_the_benchmark_stopped_trials_complete_with_their_last
     s = searcher("max", pruned_as_complete=True)
     run_trial(s, "stopped", [0.5, 0.35])
     run_trial(s, "finished", [0.2, 0.6, 0.5, 0.4])
-    trials = by_tune_id(s._ot_study)
+    trials = by_tune_id(s.study)
     assert trials["stopped"].state == State.COMPLETE and trials["stopped"].value == 0.35
     assert trials["finished"].state == State.COMPLETE and trials["finished"].value == 0.6
 
@@ -92,7 +92,7 @@ def test_a_trial_that_ends_itself_early_is_complete_not_pruned() -> None:
     s.suggest("early")
     s.on_trial_result("early", epoch(1, 0.4))
     s.on_trial_complete("early", result={**epoch(2, 0.7), "finished": True})
-    trial = by_tune_id(s._ot_study)["early"]
+    trial = by_tune_id(s.study)["early"]
     assert trial.state == State.COMPLETE and trial.value == 0.7
 
 
@@ -123,7 +123,7 @@ def test_a_proposal_that_repeats_a_finished_trial_is_answered_from_memory() -> N
     s.on_trial_complete("t1", result=epoch(2, 0.8))
     second = s.suggest("t2")
     assert second is not None and second["model"] != first["model"]  # the repeat never reaches Tune
-    trials = s._ot_study.get_trials(deepcopy=False)
+    trials = s.study.get_trials(deepcopy=False)
     repeats = [t for t in trials if t.user_attrs.get("repeat_of") == "t1"]
     assert repeats, "seed 3 proposes the finished model again before the other one"
     assert all(t.state == State.COMPLETE and t.value == 0.8 and t.params == first for t in repeats)
@@ -141,14 +141,47 @@ def test_a_repeated_epoch_keeps_its_first_value_and_late_results_are_ignored() -
     s.on_trial_complete("t", result=epoch(2, 0.6))
     s.on_trial_result("t", epoch(3, 0.7))
     s.on_trial_complete("t", result=epoch(3, 0.7))
-    trial = by_tune_id(s._ot_study)["t"]
+    trial = by_tune_id(s.study)["t"]
     assert trial.state == State.PRUNED and trial.intermediate_values == {1: 0.5, 2: 0.6}
 
 
 def test_a_finished_trial_without_a_finite_score_fails() -> None:
     s = searcher("max")
     run_trial(s, "nan", [float("nan")] * 4)
-    assert by_tune_id(s._ot_study)["nan"].state == State.FAIL  # not left RUNNING by a rejected tell
+    assert by_tune_id(s.study)["nan"].state == State.FAIL  # not left RUNNING by a rejected tell
+
+
+def start_space(trial: optuna.trial.Trial) -> dict:
+    """Like DefineByRun: a conditional parameter, clamped in the returned constants."""
+    model = trial.suggest_categorical("model", ["a", "b"])
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    if model == "b":
+        return {"levels": min(trial.suggest_int("levels", 1, 5), 4), "batch_size": 16}
+    return {"batch_size": 16}
+
+
+def test_start_points_run_first_as_given_and_the_keys_they_leave_out_are_sampled() -> None:
+    points = [{"model": "b", "levels": 3.0, "lr": 0.002}, {"model": "b", "levels": 5, "lr": 0.005}, {"lr": 0.004}]
+    s = PruningAwareOptunaSearch(space=start_space, metric="score", mode="max", max_epochs=2,
+                                 sampler=optuna.samplers.TPESampler(seed=0), points_to_evaluate=points)
+    first, second, third, fourth = (s.suggest(f"t{n}") for n in range(4))
+    # The config holds what the suggest calls returned (an int for levels 3.0), constants over them.
+    assert first == {"model": "b", "lr": 0.002, "levels": 3, "batch_size": 16} and type(first["levels"]) is int
+    assert second == {"model": "b", "lr": 0.005, "levels": 4, "batch_size": 16}
+    assert third["lr"] == 0.004 and third["model"] in ("a", "b")  # model: sampled
+    assert fourth["lr"] not in (0.002, 0.005, 0.004)
+    trials = by_tune_id(s.study)
+    assert [trials[f"t{n}"].number for n in range(4)] == [0, 1, 2, 3]
+    assert trials["t1"].params["levels"] == 5  # Optuna records what was suggested; the trial runs 4
+
+
+def test_a_trial_the_searcher_never_suggested_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    """A trial Tune's experiment state knows but the searcher's older save does not (the driver
+    stopped between the two writes): a warning, not a failed search."""
+    s = searcher("max")
+    s.on_trial_result("unknown", epoch(1, 0.5))
+    s.on_trial_complete("unknown", result=epoch(2, 0.6))
+    assert "never suggested" in caplog.text and s.study.trials == []
 
 
 @pytest.mark.parametrize("storage", ["memory", "sqlite"])
@@ -164,13 +197,13 @@ def test_save_and_restore_keep_the_study_and_trials_in_flight(storage: str, tmp_
     folder.mkdir()
     s.save_to_dir(str(folder), session_str="now")
     restored.restore_from_dir(str(folder))
-    assert isinstance(restored, PruningAwareOptunaSearch) and restored._max_epochs == 4
+    assert isinstance(restored, PruningAwareOptunaSearch) and restored.max_epochs == 4
 
     restored.on_trial_result("running", epoch(2, 0.99))  # repeated after the restart: ignored
     restored.on_trial_result("running", epoch(3, 0.3))
     restored.on_trial_complete("running", result=epoch(4, 0.25))
     run_trial(restored, "after", [0.5])
-    study = restored._ot_study
+    study = restored.study
     if url:  # what optuna-dashboard and the pipeline's caller see
         study = optuna.load_study(study_name="unit", storage=url)
     trials = by_tune_id(study)
@@ -208,7 +241,7 @@ search: {max_epochs: 4, grace_period: 1, reduction_factor: 2}
 def test_asha_stopped_trials_are_pruned_in_the_study(ray_cluster, tmp_path: Path) -> None:
     from ecg_tune.data import prepare
     from ecg_tune.pipeline import PipelineOptions, run_pipeline
-    from ecg_tune.search.tuner import SearchOptions
+    from ecg_tune.search.plan import SearchOptions
 
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY)

@@ -24,12 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ecg_tune.errors import ConfigError
+from ecg_tune.search.upstream import RAY_LOOPBACK_SWITCH, keep_ray_on_loopback
 from ecg_tune.storage import ExperimentStorage
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
-# Ray's switch for its single-machine mode: with it off, Ray keeps loopback addresses as given
-# instead of replacing them with the machine's network address.
-_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def connect(address: str | None, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, dashboard: bool = False,
@@ -63,13 +61,11 @@ def connect(address: str | None, connect_timeout: float = DEFAULT_CONNECT_TIMEOU
 
 def keep_on_loopback() -> None:
     """Keep this driver (and a local cluster it starts) on 127.0.0.1, unless the user set Ray's switch."""
-    if _LOOPBACK_ONLY in os.environ:
+    if RAY_LOOPBACK_SWITCH in os.environ:
         return
-    os.environ[_LOOPBACK_ONLY] = "0"  # read by the raylet, GCS and workers a local ray.init starts
-    from ray._private import ray_constants
-
-    # This process imported Ray before the variable was set, and Ray reads it once at import.
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    # Ray's single-machine mode, for this process and the Ray processes it starts (set through
+    # Ray's private constants: search/upstream.py).
+    keep_ray_on_loopback()
 
 
 def alive_nodes() -> list[dict[str, Any]]:

@@ -1,13 +1,29 @@
-"""OptunaSearch that tells Optuna which trials the scheduler cut short (issue 15, item 3a).
+"""The Optuna searcher of a search: Tune's `Searcher` interface over Optuna's ask/tell API, telling
+Optuna which trials the scheduler cut short (issue 15, item 3a; issue 23).
 
-Why: Ray 2.60's `OptunaSearch.on_trial_complete` tells every trial that has a result as
-COMPLETE with the metric of its LAST result, including a trial ASHA stopped at a low rung, so
-TPE ranks a 1-epoch score with the finished ones. Ray also skips `on_trial_result` for the
-result the scheduler answers STOP to (TuneController._process_trial_result), so the epoch a
-trial ends on never reaches Optuna as an intermediate value.
+It owns the Optuna study of a search (created or, with a storage, reopened), how Tune's trials
+map onto Optuna's, what Optuna is told about each, and its state across Tune's save and restore.
+It uses only the public APIs of both: `ray.tune.search.Searcher`, and Optuna's `create_study`,
+`Study.enqueue_trial` / `ask` / `tell`, `Trial.report` / `set_user_attr` and the storage's
+public methods; reading a state saved before issue 23 is search/upstream.py's.
 
-Here every epoch's metric is reported as an intermediate value (step = training_iteration,
-the stopping epoch included), and on completion a trial is told:
+Why not Ray's OptunaSearch: Ray 2.60's `OptunaSearch.on_trial_complete` tells every trial that
+has a result as COMPLETE with the metric of its LAST result, including a trial ASHA stopped at a
+low rung, so TPE ranks a 1-epoch score with the finished ones. Ray also skips `on_trial_result`
+for the result the scheduler answers STOP to, so the epoch a trial ends on never reaches Optuna
+as an intermediate value. Changing that by subclassing meant using OptunaSearch's private
+attributes; this class is written on the public interfaces instead, and asks Optuna exactly
+what OptunaSearch asked, in the same order, so a seed gives the same proposals
+(tests/test_upstream.py compares the two).
+
+The space is a define-by-run function (search/samplers.py's DefineByRun): it calls
+`trial.suggest_*` and may return a dict of constants; a trial's config is the values the
+suggest calls returned, with the constants over them. Start points (`points_to_evaluate`) are
+enqueued in the study when the searcher is built: the first trials asked are theirs, a suggest
+call for a key a point sets returns its value, and the keys it leaves out are sampled.
+
+Every epoch's metric is reported as an intermediate value (step = training_iteration, the
+stopping epoch included), and on completion a trial is told:
 - PRUNED when the scheduler stopped it: it reported fewer than `max_epochs` iterations and
   its last result does not say `finished` (Optuna keeps its last intermediate value as its
   value; TPE ranks pruned trials after the complete ones, deeper steps first, then by that
@@ -17,6 +33,9 @@ the stopping epoch included), and on completion a trial is told:
   that epoch `finished`), the way search/export.py ranks trials (FAIL if it has no finite
   value);
 - FAIL when it errored.
+`pruned_as_complete=True` tells a stopped trial COMPLETE with its last value instead, as Ray's
+OptunaSearch does: kept so that `benchmark search` can measure what telling PRUNED changes.
+
 Repeats: on a space of mostly discrete choices TPE, once it has found a configuration with no
 continuous parameter (a minirocket fit), proposes exactly it again and again (measured: 594
 of 760 trials of a 7-minute ECG200 search were one such configuration). Trials are seeded, so
@@ -26,147 +45,280 @@ proposal from memory (Optuna is told COMPLETE with the twin's value, user attrib
 may be exhausted). Only COMPLETE trials are remembered: a pruned one's value is partial.
 
 The Tune trial id is stored as the Optuna trial's user attribute `tune_trial_id`. Single
-objective only; with a list of metrics the base class's behaviour is kept. The state lives in
-`__dict__`, which the base class pickles in `save` and restores in `restore` (--resume).
+objective only. What the searcher learns while the search runs is one `SearcherState`, which
+`save` pickles and `restore` reads back (--resume); Tune also pickles the whole searcher with
+the Tuner (tuner.pkl) and restores the state onto that copy.
 
 Lost suggestions: Tune saves the searcher together with the experiment, 10 s or more apart (and
 after every trial checkpoint when one checkpoint is kept). A driver that dies after a
 suggestion but before the next save leaves a study in a database (--optuna-storage) with that
 trial RUNNING for good: Tune never learns of it, and TPE's constant liar keeps counting it as
 running (measured: SIGKILL of the driver as a trial started left it RUNNING after the resumed
-search ended). Every trial carries the user attribute `search_id` (the searcher's own, pickled
-with it), and `restore` tells FAIL, with user attribute `lost`, each RUNNING trial of this search
-the restored state does not know. An in-memory study is restored from the same save as Tune's
-trials, so it holds none.
+search ended). Every trial carries the user attribute `search_id` (the searcher's own, saved
+with its state), and `restore` tells FAIL, with user attribute `lost`, each RUNNING trial of
+this search the restored state does not know. An in-memory study is restored from the same save
+as Tune's trials, so it holds none.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import pickle
 import uuid
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import optuna
-from ray.tune.search.optuna import OptunaSearch
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
-from ecg_tune.training.metrics import finished
+from ecg_tune.search.upstream import LEGACY_ONLY, legacy_searcher_state
+from ecg_tune.training.reported import TRAINING_ITERATION, finished
 
-TRAINING_ITERATION = "training_iteration"
 TUNE_TRIAL_ID = "tune_trial_id"
 REPEAT_OF = "repeat_of"
 SEARCH_ID = "search_id"
 LOST = "lost"
 MAX_REPEATS = 16
+# The study's name when none is given (tuner.py names every database study): Ray's OptunaSearch's.
+DEFAULT_STUDY_NAME = "optuna"
+
+# The define-by-run function: suggests a trial's parameters, returns constants (or None).
+SpaceFunction = Callable[[optuna.trial.Trial], "dict[str, Any] | None"]
 
 logger = logging.getLogger(__name__)
 
 
-class PruningAwareOptunaSearch(OptunaSearch):
-    """`OptunaSearch` whose trials stopped before `max_epochs` reach Optuna as PRUNED."""
+@dataclass
+class SearcherState:
+    """What the searcher learns while a search runs; saved with every experiment checkpoint."""
 
-    def __init__(self, *args: Any, max_epochs: int, pruned_as_complete: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    study: optuna.Study
+    # The storage the study was opened in, when one was given (None: in memory): lost trials
+    # are marked through its public methods.
+    storage: BaseStorage | None = None
+    trials: dict[str, optuna.trial.Trial] = field(default_factory=dict)  # Tune trial id -> Optuna trial
+    completed: set[str] = field(default_factory=set)  # Tune trial ids Optuna was told the end of
+    reported: dict[str, dict[int, float]] = field(default_factory=dict)  # Tune trial id -> {step: metric}
+    # Parameters of every COMPLETE trial -> (its value, its Tune trial id).
+    finished: dict[tuple, tuple[float, str]] = field(default_factory=dict)
+    # Tells this search's trials from another's in a shared study (see `restore`); None in a
+    # state saved before it existed.
+    search_id: str | None = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def read(cls, saved: object) -> SearcherState:
+        """A state as `save` wrote it, or as the searcher before issue 23 did."""
+        if isinstance(saved, cls):
+            return saved
+        legacy = legacy_searcher_state(saved) if isinstance(saved, dict) else None
+        if legacy is None:
+            raise ValueError(f"not a saved Optuna searcher state: {type(saved).__name__}")
+        return cls(**{"search_id": None, **legacy})
+
+
+def saved_state(path: str | Path) -> SearcherState:
+    """The searcher state in one of Tune's `searcher-state-*.pkl` files of an experiment."""
+    with open(path, "rb") as stream:
+        return SearcherState.read(pickle.load(stream))
+
+
+class _SuggestionRecorder:
+    """The Optuna trial as the define-by-run function sees it, noting what each `suggest_*` call
+    returned: those values make the trial's config, as Ray's OptunaSearch builds it (they can
+    differ from `trial.params` in type: `suggest_int` returns an int for a start point's 3.0)."""
+
+    def __init__(self, trial: optuna.trial.Trial) -> None:
+        self._trial = trial
+        self.values: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._trial, name)
+        if not (name.startswith("suggest_") and callable(attribute)):
+            return attribute
+
+        def suggest(name: str, *args: Any, **kwargs: Any) -> Any:
+            value = attribute(name, *args, **kwargs)
+            self.values[name] = value
+            return value
+
+        return suggest
+
+
+class PruningAwareOptunaSearch(Searcher):
+    """An Optuna study behind Tune's Searcher interface whose trials stopped before `max_epochs`
+    reach Optuna as PRUNED.
+
+    The arguments before `max_epochs` are Ray's OptunaSearch's, for a define-by-run space and a
+    single metric: `sampler` (default: TPE seeded with `seed`), `storage` and `study_name` (an
+    existing study of that name is continued), `points_to_evaluate` (run first)."""
+
+    def __init__(self, space: SpaceFunction, metric: str, mode: str,
+                 points_to_evaluate: Sequence[Mapping[str, Any]] | None = None,
+                 sampler: optuna.samplers.BaseSampler | None = None, study_name: str | None = None,
+                 storage: BaseStorage | None = None, seed: int | None = None, *, max_epochs: int,
+                 pruned_as_complete: bool = False) -> None:
+        if not callable(space):
+            raise TypeError(f"space: a define-by-run function is needed, got {type(space).__name__}")
+        if not isinstance(metric, str) or mode not in ("min", "max"):
+            raise ValueError(f"one metric and its mode ('min' or 'max') are needed, got {metric!r}, {mode!r}")
+        if storage is not None and not isinstance(storage, BaseStorage):
+            raise TypeError(f"storage: an optuna storage is needed, got {type(storage).__name__}")
+        points = list(points_to_evaluate or ())
+        if not all(isinstance(point, Mapping) for point in points):
+            raise TypeError("points_to_evaluate: a list of partial configurations (dicts) is needed")
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
         self._max_epochs = max_epochs
-        # True: stopped trials are told COMPLETE with their last value (Ray's own behaviour), kept
-        # so that `benchmark search` can measure what telling them PRUNED changes.
         self._pruned_as_complete = pruned_as_complete
-        self._reported: dict[str, dict[int, float]] = {}  # Tune trial id -> {step: metric}
-        # Parameters of every COMPLETE trial -> (its value, its Tune trial id).
-        self._finished: dict[tuple, tuple[float, str]] = {}
-        # Tells this search's trials from another's in a shared study (see `restore`).
-        self._search_id = uuid.uuid4().hex
+        # Optuna's own pruner is never consulted (Tune's scheduler stops trials); NopPruner says so
+        # in the study, as Ray's OptunaSearch did.
+        study = optuna.create_study(
+            storage=storage, sampler=sampler or optuna.samplers.TPESampler(seed=seed),
+            pruner=optuna.pruners.NopPruner(), study_name=study_name or DEFAULT_STUDY_NAME, load_if_exists=True,
+            direction="minimize" if mode == "min" else "maximize")
+        for point in points:
+            study.enqueue_trial(dict(point))
+        self._state = SearcherState(study, storage)
 
-    def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study (also what was restored, after `restore`)."""
+        return self._state.study
+
+    @property
+    def max_epochs(self) -> int:
+        return self._max_epochs
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        # tuner.pkl of a search started before issue 23 holds the searcher of then: its
+        # attributes, Ray OptunaSearch's among them, become today's (search/upstream.py).
+        if "_state" not in saved:
+            state = SearcherState.read(saved)
+            saved = {key: value for key, value in saved.items() if key not in LEGACY_ONLY}
+            saved["_state"] = state
+        self.__dict__.update(saved)
+
+    # -- Tune's Searcher interface --------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        state = self._state
+        trial, config = self._ask(trial_id)
         for _ in range(MAX_REPEATS):
-            twin = self._twin(trial_id)
-            if config is None or twin is None:
+            twin = state.finished.get(_params_key(trial.params))
+            if twin is None:
                 break
             value, twin_id = twin
-            repeat = self._ot_trials.pop(trial_id)
-            repeat.set_user_attr(REPEAT_OF, twin_id)
-            cast(optuna.Study, self._ot_study).tell(repeat, value, state=optuna.trial.TrialState.COMPLETE)
-            config = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
-            self._ot_trials[trial_id].set_user_attr(SEARCH_ID, self._search_id)
+            del state.trials[trial_id]
+            trial.set_user_attr(REPEAT_OF, twin_id)
+            state.study.tell(trial, value, state=TrialState.COMPLETE)
+            trial, config = self._ask(trial_id)
+        trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        trial.set_user_attr(SEARCH_ID, state.search_id)
         return config
 
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        self._fail_lost_trials()
-
-    def _fail_lost_trials(self) -> None:
-        """Tell FAIL this search's RUNNING trials that the restored state does not know: they
-        were suggested after Tune's last save, and no trial of the experiment will report them."""
-        study = cast(optuna.Study | None, self._ot_study)
-        search_id = getattr(self, "_search_id", None)  # absent from a state saved before it existed
-        if study is None or search_id is None:
-            return
-        known = {ot_trial.number for ot_trial in self._ot_trials.values()}
-        for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if frozen.user_attrs.get(SEARCH_ID) != search_id or frozen.number in known:
-                continue
-            optuna.trial.Trial(study, frozen._trial_id).set_user_attr(
-                LOST, "suggested after the experiment's last save before its driver stopped; never ran")
-            study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
-            logger.warning("Optuna trial %s (Tune trial %s) was lost with the stopped driver: told FAIL",
-                           frozen.number, frozen.user_attrs.get(TUNE_TRIAL_ID))
-
-    def _twin(self, trial_id: str) -> tuple[float, str] | None:
-        """The value and id of a COMPLETE trial with exactly the parameters just proposed."""
-        ot_trial = self._ot_trials.get(trial_id)
-        return None if ot_trial is None else self._finished.get(_params_key(ot_trial.params))
-
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, list):
-            return super().on_trial_result(trial_id, result)
-        if trial_id in self._completed_trials:
+        if trial_id in self._state.completed:
             logger.warning("Result for trial %s after it finished: ignored", trial_id)
             return
         self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result=result, error=error)
+        state = self._state
+        if trial_id in state.completed:
+            logger.warning("Trial %s completed again: ignored", trial_id)
+            return
+        trial = state.trials.get(trial_id)
+        if trial is None:
+            logger.warning("Trial %s completed, but this searcher never suggested it: ignored", trial_id)
+            return
         if result and not error:
             self._report(trial_id, result)  # the stopping result never came through on_trial_result
-        history = self._reported.pop(trial_id, {})
+        history = state.reported.pop(trial_id, {})
         finite = [v for v in history.values() if not math.isnan(v)]
         value: float | None = None
         if error:
-            state = optuna.trial.TrialState.FAIL
+            outcome = TrialState.FAIL
         elif history and (max(history) >= self._max_epochs or finished(result)):
             if finite:
-                state, value = optuna.trial.TrialState.COMPLETE, (max if self.mode == "max" else min)(finite)
+                outcome, value = TrialState.COMPLETE, (max if self.mode == "max" else min)(finite)
             else:
-                state = optuna.trial.TrialState.FAIL
+                outcome = TrialState.FAIL
         elif history and self._pruned_as_complete:
             # Ray's OptunaSearch: COMPLETE with the stopping result's value (the last epoch's).
-            state, value = optuna.trial.TrialState.COMPLETE, history[max(history)]
+            outcome, value = TrialState.COMPLETE, history[max(history)]
         else:
-            state = optuna.trial.TrialState.PRUNED  # value: Optuna takes the last intermediate one
-        ot_trial = self._ot_trials[trial_id]
+            outcome = TrialState.PRUNED  # value: Optuna takes the last intermediate one
         try:
-            study = cast(optuna.Study, self._ot_study)  # set up by the base class once it has a space
-            study.tell(ot_trial, value, state=state)
-        except Exception as exc:  # as the base class: a bad value must not end the search
+            state.study.tell(trial, value, state=outcome)
+        except Exception as exc:  # as Ray's OptunaSearch: a value Optuna refuses must not end the search
             logger.warning(exc)
         else:
-            if state == optuna.trial.TrialState.COMPLETE and value is not None:
-                self._finished.setdefault(_params_key(ot_trial.params), (value, trial_id))
-        self._completed_trials.add(trial_id)
+            if outcome == TrialState.COMPLETE and value is not None:
+                state.finished.setdefault(_params_key(trial.params), (value, trial_id))
+        state.completed.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as stream:
+            pickle.dump(self._state, stream)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self._state = saved_state(checkpoint_path)
+        self._fail_lost_trials()
+
+    # -- the study -----------------------------------------------------------------------------
+
+    def _ask(self, trial_id: str) -> tuple[optuna.trial.Trial, dict[str, Any]]:
+        """The Optuna trial of a Tune trial (asked of the study the first time) and its config."""
+        trials = self._state.trials
+        if trial_id not in trials:
+            trials[trial_id] = self._state.study.ask()
+        recorder = _SuggestionRecorder(trials[trial_id])
+        constants = self._space(recorder)  # type: ignore[arg-type]  # duck-typed: a recording Trial
+        if constants is not None and not (isinstance(constants, dict) and all(isinstance(k, str) for k in constants)):
+            raise TypeError(f"the define-by-run space returned {type(constants).__name__}, not None or a dict "
+                            f"with str keys")
+        return trials[trial_id], {**recorder.values, **(constants or {})}
 
     def _report(self, trial_id: str, result: dict) -> None:
         """Record and report the result's metric at its training_iteration, once per step."""
+        trial = self._state.trials.get(trial_id)
         metric, step = result.get(self.metric), result.get(TRAINING_ITERATION)
+        if trial is None:
+            logger.warning("Result for trial %s, which this searcher never suggested: ignored", trial_id)
+            return
         if metric is None or step is None:
             return
-        history = self._reported.setdefault(trial_id, {})
+        history = self._state.reported.setdefault(trial_id, {})
         if int(step) not in history:  # a trial restarted from a checkpoint repeats epochs
             history[int(step)] = float(metric)
-            self._ot_trials[trial_id].report(float(metric), int(step))
+            trial.report(float(metric), int(step))
+
+    def _fail_lost_trials(self) -> None:
+        """Tell FAIL this search's RUNNING trials that the restored state does not know: they
+        were suggested after Tune's last save, and no trial of the experiment will report them."""
+        state = self._state
+        if state.storage is None or state.search_id is None:
+            return  # in memory: restored with Tune's trials, nothing lost; or saved before search ids
+        known = {trial.number for trial in state.trials.values()}
+        study_id: int | None = None
+        for frozen in state.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.user_attrs.get(SEARCH_ID) != state.search_id or frozen.number in known:
+                continue
+            if study_id is None:
+                study_id = state.storage.get_study_id_from_name(state.study.study_name)
+            # The user attribute must be set before the tell (a finished trial takes none); the
+            # storage's public methods reach a trial known only by its number.
+            state.storage.set_trial_user_attr(
+                state.storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number), LOST,
+                "suggested after the experiment's last save before its driver stopped; never ran")
+            state.study.tell(frozen.number, state=TrialState.FAIL)
+            logger.warning("Optuna trial %s (Tune trial %s) was lost with the stopped driver: told FAIL",
+                           frozen.number, frozen.user_attrs.get(TUNE_TRIAL_ID))
 
 
 def _params_key(params: dict[str, Any]) -> tuple:
