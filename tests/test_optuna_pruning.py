@@ -217,15 +217,6 @@ def test_save_and_restore_keep_the_study_and_trials_in_flight(storage: str, tmp_
 # A real search
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 TINY = """
 model: simple_cnn
 input_length: 600

@@ -21,7 +21,7 @@ def describe(eff: AdaptedSpace) -> str:
     lines.append("Parameters (in order; 'when' = exists only if):")
     width = max(len(name) for name in eff.parameters)
     for key, p in eff.parameters.items():
-        text = f"  {key:<{width}}  {p.type:<8}  {p.shown()}"  # type: ignore[union-attr]
+        text = f"  {key:<{width}}  {p.type:<8}  {p.shown()}"
         if p.when:
             text += "   when " + " and ".join(
                 f"{k} in ({', '.join(fmt(v) for v in vs)})" if len(vs) > 1 else f"{k} = {fmt(vs[0])}"
