@@ -11,11 +11,14 @@
     <out>/report.html          the search and test report on one page (ecg_tune/reporting/page.py)
     <out>/<picture>.png        the refit's pictures (`PICTURES`, drawn by ecg_tune/reporting/pictures.py)
     <out>/test_predictions.csv the refit's per-record test predictions
+    <out>/predictions/<trial>.parquet  each trial's validation probabilities at its ranked epoch
+                               (`TrialPredictions`; under --cv out-of-fold, every train + val record)
+    <out>/ensemble.json        the team chosen from the trials (`EnsembleRecord`)
     <out>/mlflow.json          --mlflow: the tracking URI and the search's parent run (`TrackingRecord`);
                                with the default URI, <out>/mlflow.db and <out>/mlartifacts/ hold the runs
 
-This module is the only one that knows these names and formats: everything else asks a
-`RunFolder` for typed records.
+This module and the records it reads and writes (ecg_tune/run_records.py) are the only ones that
+know these names and formats: everything else asks a `RunFolder` for typed records.
 """
 
 from __future__ import annotations
@@ -25,135 +28,42 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import ValidationError
 
 from ecg_tune.data import Dataset
 from ecg_tune.data.split import save_split
 from ecg_tune.errors import EcgTuneError, validation_message
+from ecg_tune.run_records import (
+    BestConfig,
+    EnsembleMember,
+    EnsembleRecord,
+    TrackingRecord,
+    TrialPredictions,
+    TrialRecord,
+    TrialStatus,
+    TrialTable,
+    is_best_config,
+    parquet_ready,
+    plain,
+    read_best_config,
+    whole_numbers_stay_whole,
+)
 from ecg_tune.storage import ExperimentStorage
-from ecg_tune.training.metrics import SPREAD_SUFFIX
 from ecg_tune.training.reported import TRAINING_ITERATION
 
-TrialStatus = Literal["completed", "stopped", "errored"]
+# The records live in run_records.py; importers take them from here, beside the folder.
+__all__ = ["PICTURES", "BestConfig", "EnsembleMember", "EnsembleRecord", "PictureName", "RunFolder",
+           "TrackingRecord", "TrialPredictions", "TrialRecord", "TrialStatus", "TrialTable", "is_best_config",
+           "read_best_config"]
+
 PictureName = Literal["confusion_matrix", "training_curves", "search_overview"]
 PICTURES: tuple[PictureName, ...] = ("confusion_matrix", "training_curves", "search_overview")
 _HELD: set[Path] = set()  # run folders this process holds the lock of (a search's refit re-enters it)
-
-
-@dataclass(frozen=True)
-class BestConfig:
-    """The winning trial of a search: its config, its metrics at its best epoch, where it came from."""
-
-    config: dict[str, Any]  # the sampled values plus the search's epochs and seed
-    # every metric at the epoch where `metric` peaked; under cross-validation the fold means,
-    # with each validation metric's spread over the folds as `<metric>_std`
-    metrics: dict[str, float]
-    epoch: int  # that epoch (under cross-validation: where the fold mean peaked)
-    trial_id: str
-    metric: str  # the ranking metric
-    data: str  # the --data source
-    # Ray runs a trial with OMP_NUM_THREADS = its CPUs; float sums depend on the thread count,
-    # so `ecg-tune train` uses the same count to repeat the trial bit for bit on a CPU.
-    threads: int = 1
-    cv: int = 1  # cross-validation folds each trial was scored on (1: the split's val part)
-    # data.split.split_digest of the split the search used (None: written before it was recorded);
-    # the refit and `train --config` refuse a split.csv that no longer has it.
-    split_digest: str | None = None
-
-    @property
-    def score(self) -> float:
-        return self.metrics[self.metric]
-
-    @property
-    def spread(self) -> float | None:
-        """The score's standard deviation over the folds (None without cross-validation)."""
-        return self.metrics.get(self.metric + SPREAD_SUFFIX) if self.cv > 1 else None
-
-
-@dataclass
-class TrialRecord:
-    """One trial's summary: status, epochs, sampled config, final and best metrics."""
-
-    trial_id: str
-    status: TrialStatus
-    epochs: int
-    config: dict[str, Any]
-    final: dict[str, float] = field(default_factory=dict)
-    best: dict[str, float] = field(default_factory=dict)  # per metric, its best over the epochs
-    best_epoch: int | None = None  # where the ranking metric peaked
-    peak_metrics: dict[str, float] = field(default_factory=dict)  # every metric at best_epoch
-
-    def flat(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status, "epochs": self.epochs,
-                               "best_epoch": self.best_epoch}
-        row.update({f"{_CONFIG}{k}": _plain(v) for k, v in self.config.items()})
-        row.update({f"{_FINAL}{k}": v for k, v in self.final.items()})
-        row.update({f"{_BEST}{k}": v for k, v in self.best.items()})
-        return row
-
-
-# trials.csv's column groups: `TrialRecord.flat` writes them, `TrialTable` reads them; no other
-# module knows these prefixes.
-_CONFIG, _FINAL, _BEST = "config/", "final/", "best/"
-_INFO = ("trial_id", "status", "epochs", "best_epoch")
-
-
-@dataclass(frozen=True)
-class TrialTable:
-    """trials.csv as typed parts, one row per trial in the table's order (index: trial id).
-
-    `config`: one column per config key (NaN where a trial did not set a conditional key);
-    `final` / `best`: one column per reported key, at the trial's last epoch / its best value over
-    the epochs (spreads at the epoch where their metric was best); `info`: status, epochs,
-    best_epoch.
-    """
-
-    info: pd.DataFrame
-    config: pd.DataFrame
-    final: pd.DataFrame
-    best: pd.DataFrame
-
-    @classmethod
-    def from_frame(cls, table: pd.DataFrame) -> TrialTable:
-        """The parts of a table shaped like trials.csv (`TrialRecord.flat` rows)."""
-        if "trial_id" in table:
-            table = table.set_index(table["trial_id"].astype(str), drop=False)
-        table.index.name = "trial_id"
-
-        def part(prefix: str) -> pd.DataFrame:
-            columns = [c for c in table.columns if str(c).startswith(prefix)]
-            return table[columns].rename(columns=lambda c: str(c)[len(prefix):])
-
-        info = table[[c for c in _INFO if c in table.columns]]
-        return cls(info=info, config=part(_CONFIG), final=part(_FINAL), best=part(_BEST))
-
-    def __len__(self) -> int:
-        return len(self.info)
-
-    @property
-    def empty(self) -> bool:
-        return len(self.info) == 0
-
-    @property
-    def ids(self) -> list[str]:
-        return [str(i) for i in self.info.index]
-
-
-class TrackingRecord(BaseModel):
-    """mlflow.json: where a `--mlflow` search logs (ecg_tune/tracking.py), so that a later refit and
-    `--resume` log to the same parent run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tracking_uri: StrictStr
-    parent_run_id: StrictStr
-    experiment_id: StrictStr
 
 
 class RunFolder:
@@ -261,7 +171,7 @@ class RunFolder:
 
     def write_best(self, best: BestConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.best_config_path.write_text(json.dumps(asdict(best), indent=2, default=_plain))
+        self.best_config_path.write_text(json.dumps(asdict(best), indent=2, default=plain))
 
     def best(self) -> BestConfig:
         path = self.best_config_path
@@ -275,9 +185,9 @@ class RunFolder:
         """trials.csv and trials.parquet; returns the table."""
         self.path.mkdir(parents=True, exist_ok=True)
         rows = [r.flat() for r in records]
-        table = _whole_numbers_stay_whole(pd.DataFrame(rows), rows)
+        table = whole_numbers_stay_whole(pd.DataFrame(rows), rows)
         table.to_csv(self.path / "trials.csv", index=False)
-        _parquet_ready(table).to_parquet(self.path / "trials.parquet", index=False)
+        parquet_ready(table).to_parquet(self.path / "trials.parquet", index=False)
         return table
 
     def trials(self) -> pd.DataFrame:
@@ -299,7 +209,7 @@ class RunFolder:
     def write_space(self, record: dict[str, Any]) -> None:
         """space.json: the search space as adapted to the data (`AdaptedSpace.to_record()`)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.space_path.write_text(json.dumps(record, indent=2, default=_plain) + "\n")
+        self.space_path.write_text(json.dumps(record, indent=2, default=plain) + "\n")
 
     def space_record(self) -> dict[str, Any] | None:
         """space.json's content (`AdaptedSpace.from_record` types it); None for runs written before
@@ -314,6 +224,49 @@ class RunFolder:
         if not isinstance(content, dict):
             raise EcgTuneError(f"{path}: not a space record (a JSON {type(content).__name__}, not an object)")
         return content
+
+    # the trials' validation predictions and the chosen ensemble ---------------------------------
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.path / "predictions"
+
+    def write_trial_predictions(self, predictions: TrialPredictions) -> Path:
+        """predictions/<trial>.parquet (replaces the trial's earlier file)."""
+        path = self.predictions_dir / f"{predictions.trial_id}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        predictions.to_frame().to_parquet(partial, index=False)
+        os.replace(partial, path)
+        return path
+
+    def trial_predictions(self) -> dict[str, TrialPredictions]:
+        """Every trial's saved validation predictions, by trial id (empty for runs without them)."""
+        found = {}
+        for path in sorted(self.predictions_dir.glob("*.parquet")):
+            try:
+                frame = pd.read_parquet(path)
+            except (OSError, ValueError) as exc:
+                raise EcgTuneError(f"{path}: not readable as a trial's predictions ({exc})") from None
+            found[path.stem] = TrialPredictions.from_frame(path.stem, frame, where=str(path))
+        return found
+
+    @property
+    def ensemble_path(self) -> Path:
+        return self.path / "ensemble.json"
+
+    def write_ensemble(self, record: EnsembleRecord) -> None:
+        _write_atomic(self.ensemble_path, record.model_dump_json(indent=2) + "\n")
+
+    def ensemble(self) -> EnsembleRecord | None:
+        """The chosen ensemble, or None when the search chose none (older runs, --ensemble 1)."""
+        path = self.ensemble_path
+        if not path.is_file():
+            return None
+        try:
+            return EnsembleRecord.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            raise EcgTuneError(f"{path}: {validation_message(exc)}") from None
 
     # Tune's per-trial results ----------------------------------------------------------------
 
@@ -386,59 +339,6 @@ class RunFolder:
         return path
 
 
-class _BestConfigFile(BaseModel):
-    """best_config.json as `write_best` writes it (older files lack metric, threads, cv and
-    split_digest); a damaged or hand-edited file fails here with the key and the problem."""
-
-    config: dict[str, Any]
-    metrics: dict[str, float]
-    epoch: StrictInt = Field(ge=1)
-    trial_id: StrictStr
-    metric: StrictStr = "val_macro_f1"
-    data: StrictStr
-    threads: StrictInt | None = Field(None, ge=1)
-    cv: StrictInt | None = Field(None, ge=1)
-    split_digest: StrictStr | None = None
-
-
-def read_best_config(path: Path) -> BestConfig:
-    """A best_config.json, wherever it is (`ecg-tune train --config` takes one), checked: a
-    damaged or hand-edited file is a one-line error naming the file and the key."""
-    from ecg_tune.config import make_config
-
-    try:
-        content = json.loads(path.read_text())
-    except OSError as exc:
-        raise EcgTuneError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise EcgTuneError(f"{path}: not a search's best_config.json ({type(exc).__name__}: {exc})") from None
-    if not isinstance(content, dict):
-        raise EcgTuneError(f"{path}: not a search's best_config.json (a JSON {type(content).__name__}, not an object)")
-    try:
-        fields = _BestConfigFile.model_validate(content)
-    except ValidationError as exc:
-        raise EcgTuneError(f"{path}: {validation_message(exc)}") from None
-    if "metric" in content and fields.metric not in fields.metrics:
-        raise EcgTuneError(f"{path}: metric {fields.metric!r} is not among its metrics "
-                           f"({', '.join(sorted(fields.metrics))})")
-    make_config(fields.config, where=str(path))  # every reader gets a config that validates
-    return BestConfig(config=fields.config, metrics=fields.metrics, epoch=fields.epoch, trial_id=fields.trial_id,
-                      metric=fields.metric, data=fields.data, threads=fields.threads or 1, cv=fields.cv or 1,
-                      split_digest=fields.split_digest)
-
-
-def is_best_config(path: str | Path) -> bool:
-    """Whether `path` is a search's best_config.json (rather than a plain config file)."""
-    path = Path(path)
-    if path.suffix != ".json" or not path.is_file():
-        return False
-    try:
-        content = json.loads(path.read_text())
-    except ValueError:
-        return False
-    return isinstance(content, dict) and isinstance(content.get("config"), dict) and "trial_id" in content
-
-
 def _write_atomic(path: Path, content: str | bytes) -> None:
     """Written beside and renamed into place: an interrupted run never leaves half a file, and a
     reader (a browser on report.html) never sees one."""
@@ -464,29 +364,3 @@ def _json_lines(content: bytes) -> list[dict[str, Any]]:
     return rows
 
 
-def _whole_numbers_stay_whole(table: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Columns of whole numbers with gaps (a parameter absent from some trials) as nullable
-    integers, not floats: `levels 8`, not `8.0`."""
-    table = table.copy()
-    for column in table.columns:
-        given = [row[column] for row in rows if row.get(column) is not None]
-        if given and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in given):
-            table[column] = table[column].astype("Int64")
-    return table
-
-
-def _parquet_ready(table: pd.DataFrame) -> pd.DataFrame:
-    """Columns that mix numbers and text (svm_gamma: 0.01 or "scale") as text, as Parquet needs."""
-    table = table.copy()
-    for column in table.columns:
-        values = table[column].dropna()
-        if table[column].dtype == object and values.map(type).nunique() > 1:
-            table[column] = table[column].map(lambda v: v if pd.isna(v) else str(v))
-    return table
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars (from samplers) as plain Python values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
