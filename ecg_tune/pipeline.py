@@ -143,6 +143,11 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: AdaptedSp
     spread = f" (mean of {best.cv} folds, std {best.spread:.4f})" if best.spread is not None else ""
     log(f"best {plan.metric} {best.score:.4f}{spread} at epoch {best.epoch} (trial {best.trial_id}): "
         f"{_json(best.config)}")
+    if search.ensemble > 1:
+        from ecg_tune.search.ensemble import choose_for_run, describe
+
+        team = choose_for_run(run, dataset.records, dataset.split, plan.metric, search.ensemble, search.seed)
+        log(describe(team))
     tracking.search_end(best)
     log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv; "
         f"Tune's experiment: {storage.describe()}")

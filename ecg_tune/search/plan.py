@@ -52,6 +52,9 @@ class SearchOptions(BaseModel):
     # K-fold cross-validation ranks trials (1: the split's val part; auto: K folds below a val
     # size, see training/folds.py)
     cv: CvOption = "auto"
+    # At most this many distinct trials in the team chosen after the search from their saved
+    # validation predictions (search/ensemble.py); 1: the single best trial, no ensemble.json.
+    ensemble: int = Field(1, ge=1)
     seed: int = 0
     address: str | None = None
     connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0)  # seconds to reach --address
