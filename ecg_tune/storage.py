@@ -8,21 +8,25 @@ With no `--storage` the experiment is `<out>/experiment`; with one it is
 `<storage>/<out's name>/experiment`, so that several searches can share one bucket.
 `ExperimentStorage` is that location as one value: the pyarrow filesystem and path Tune is given,
 the text recorded in the run folder (runs.py) so that refit, report and benchmarks read Tune's
-results from where they are, and the few reads they need.
+results from where they are, and the few reads they need (a file of every trial folder, a file
+of a trial's checkpoints, newest first).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ecg_tune.errors import ConfigError
 
 EXPERIMENT = "experiment"  # Tune's experiment name: the folder that holds the trials
+# Tune's names for a trial's checkpoint folders (ray.train._internal.storage): the index grows.
+CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,32 @@ class ExperimentStorage:
         for folder in sorted(folders, key=lambda info: info.path):
             if folder.type != pafs.FileType.Directory or folder_contains not in folder.base_name:
                 continue
-            path = f"{folder.path}/{name}"
-            if filesystem.get_file_info(path).type != pafs.FileType.File:
-                continue
-            with filesystem.open_input_stream(path) as stream:
-                yield folder.base_name, stream.read()
+            content = self._read_file(f"{folder.path}/{name}")
+            if content is not None:
+                yield folder.base_name, content
+
+    def checkpoint_files(self, trial_folder: str, name: str) -> Iterator[tuple[str, bytes]]:
+        """(checkpoint folder name, content) of the file `name` in each checkpoint of the trial
+        folder `trial_folder` (its name under the experiment) that holds one, newest first. Each
+        is read when the caller asks for it: a caller content with the newest reads only that."""
+        path = f"{self.experiment_path}/{trial_folder}"
+        try:
+            folders = checkpoint_folders(self.filesystem, path)
+        except OSError as exc:
+            raise ConfigError(f"{self.describe()}/{trial_folder}: cannot list its checkpoints ({exc})") from None
+        for _, folder in folders:
+            content = self._read_file(f"{folder}/{name}")
+            if content is not None:
+                yield PurePosixPath(folder).name, content
+
+    def _read_file(self, path: str) -> bytes | None:
+        """The content of the file at `path` on the experiment's filesystem; None if there is none."""
+        import pyarrow.fs as pafs
+
+        if self.filesystem.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.filesystem.open_input_stream(path) as stream:
+            return bytes(stream.read())
 
     # the run folder's record ---------------------------------------------------------------
 
@@ -123,6 +148,20 @@ class ExperimentStorage:
             return cls(str(content["root"]), None if run_name is None else str(run_name))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{where}: not a storage record ({type(exc).__name__}: {exc})") from None
+
+
+def checkpoint_folders(filesystem: Any, trial_path: str) -> list[tuple[int, str]]:
+    """(index, path) of every checkpoint folder in the trial folder at `trial_path` on the pyarrow
+    `filesystem`, newest (highest index) first; none when the folder does not exist. OSError when
+    it cannot be listed."""
+    import pyarrow.fs as pafs
+
+    found = []
+    for info in filesystem.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
+        match = CHECKPOINT_NAME.fullmatch(info.base_name)
+        if info.type == pafs.FileType.Directory and match:
+            found.append((int(match[1]), info.path))
+    return sorted(found, reverse=True)
 
 
 def is_uri(text: str) -> bool:

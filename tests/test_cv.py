@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import confusion_matrix
 
 from ecg_tune.cli import main, options_from_args
 from ecg_tune.config import make_config
@@ -158,6 +159,12 @@ def test_lockstep_reports_the_folds_mean_and_spread(beats: Dataset) -> None:
         confusion = np.sum([m["val_confusion"] for m in per_fold], axis=0)
         assert (np.asarray(report.metrics["val_confusion"]) == confusion).all()
         assert confusion.sum() == _train_val(beats).sum()  # every train + val record predicted once
+        # out of fold: each fold's val records as that fold's model scored them, in record order
+        index, probabilities = report.validation_predictions()
+        assert (index == np.flatnonzero(_train_val(beats))).all()
+        for (_, val), run in zip(validation.folds, alone, strict=True):
+            np.testing.assert_allclose(probabilities[np.searchsorted(index, val)], run[epoch].val_probabilities,
+                                       rtol=1e-5, atol=1e-6)
 
 
 def test_a_resumed_lockstep_repeats_the_uninterrupted_one(beats: Dataset) -> None:
@@ -257,6 +264,25 @@ def test_a_search_with_cv_reports_fold_means_and_spreads(cv_search) -> None:
     assert saved["epoch"] == peak + 1
     assert saved["metrics"]["val_macro_f1"] == pytest.approx(winner["val_macro_f1"].iloc[peak])
     assert saved["metrics"]["val_macro_f1_std"] == pytest.approx(winner["val_macro_f1_std"].iloc[peak])
+
+
+def test_a_search_with_cv_keeps_out_of_fold_predictions_at_the_best_epoch(cv_search, beats: Dataset) -> None:
+    run: RunFolder = cv_search.run
+    table = run.trial_table().info
+    saved = run.trial_predictions()
+    assert set(saved) == set(table.index) and len(saved) == 2
+    every = [beats.tensors.record_ids[i] for i in np.flatnonzero(_train_val(beats))]
+    for trial_id, predictions in saved.items():
+        assert predictions.epoch == table.loc[trial_id, "best_epoch"]
+        # every non-test record exactly once, no test record
+        assert sorted(predictions.record_ids) == sorted(every) and len(set(predictions.record_ids)) == len(every)
+        assert predictions.classes == tuple(beats.tensors.classes)
+        # they are what the trial was scored on at that epoch: the folds' summed confusion
+        history = run.history(trial_id).set_index(TRAINING_ITERATION)
+        position = {record: i for i, record in enumerate(beats.tensors.record_ids)}
+        truth = beats.tensors.labels[[position[r] for r in predictions.record_ids]]
+        confusion = confusion_matrix(truth, predictions.probabilities.argmax(axis=1), labels=range(3))
+        assert confusion.tolist() == json.loads(history.loc[predictions.epoch, "val_confusion"])
 
 
 def test_the_refit_trains_to_the_epoch_where_the_mean_peaked(cv_search, beats: Dataset) -> None:

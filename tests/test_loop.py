@@ -37,6 +37,13 @@ def test_every_model_trains_on_every_transform(dataset, model: str, transform: s
     assert np.isfinite(m["train_loss"]) and np.isfinite(m["val_loss"])
     assert np.array(m["val_confusion"]).sum() == len(dataset.index("val"))
     assert (result.head is not None) == (model == "cnn_svm")
+    # The probabilities the metrics were scored on, one row per val record in val_index's order.
+    probabilities = result.val_probabilities
+    assert probabilities.shape == (len(dataset.index("val")), 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    scored = classification_metrics(dataset.tensors.labels[dataset.index("val")], probabilities.argmax(axis=1),
+                                    dataset.tensors.classes)
+    assert scored["confusion"] == m["val_confusion"]
 
 
 def test_same_seed_same_run_and_resume_repeats_it(dataset) -> None:
@@ -74,7 +81,9 @@ def test_cnn_svm_is_scored_by_its_svm_and_resumes_with_it(dataset) -> None:
     index = dataset.index("val")
     features, owners = window_outputs(result.network, dataset.tensors, index, "zscore", 0.5,
                                       torch.device("cpu"), features=True)
-    predicted = aggregate(result.head.predict_proba(features), owners, len(index)).argmax(axis=1)
+    by_svm = aggregate(result.head.predict_proba(features), owners, len(index))
+    np.testing.assert_allclose(result.val_probabilities, by_svm, rtol=1e-6)  # the SVM's, as delivered
+    predicted = by_svm.argmax(axis=1)
     expected = classification_metrics(dataset.tensors.labels[index], predicted, dataset.tensors.classes)
     assert result.metrics["val_macro_f1"] == pytest.approx(expected["macro_f1"])
 
@@ -84,7 +93,7 @@ def test_lr_schedule_is_replayed_without_validation(dataset) -> None:
     results = list(fit(config, dataset.tensors, dataset.index("train", "val"), None,
                        device="cpu", lr_schedule=[1e-3, 5e-4, 2.5e-4]))
     assert [r.metrics["lr"] for r in results] == [1e-3, 5e-4, 2.5e-4]
-    assert "val_loss" not in results[-1].metrics
+    assert "val_loss" not in results[-1].metrics and results[-1].val_probabilities is None
 
 
 def test_early_stopping_stops_when_validation_loss_stalls(dataset) -> None:

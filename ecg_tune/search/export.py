@@ -6,20 +6,27 @@ epoch where the winner peaked. Under cross-validation the metrics are fold means
 spreads (`<metric>_std`) come along: a spread's "best" is its value at the epoch where its
 metric was best. Which reported keys become columns is training/reported.py's `exported`. The
 files are written by ecg_tune/runs.py.
+
+Every trial with a best epoch also gets its validation predictions there (predictions/<trial>),
+read from its latest checkpoint on the experiment's storage (search/trainable.py keeps the best
+epoch's in each), and only when they are of that best epoch.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ecg_tune.errors import EcgTuneError
-from ecg_tune.runs import BestConfig, RunFolder, TrialRecord, TrialStatus
-from ecg_tune.search.trainable import sampled_values, trial_config
+from ecg_tune.runs import BestConfig, RunFolder, TrialPredictions, TrialRecord, TrialStatus
+from ecg_tune.search.trainable import PREDICTIONS_FILE, read_predictions, sampled_values, trial_config
 from ecg_tune.training.metrics import best_index, best_value
 from ecg_tune.training.reported import TRAINING_ITERATION, exported, finished, spread_of
+
+logger = logging.getLogger(__name__)
 
 
 def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecord]:
@@ -70,9 +77,48 @@ def write_results(results: Any, run: RunFolder, metric: str, max_epochs: int, se
     `cv`: the folds each trial was scored on (1: the split's val part)."""
     records = trial_records(results, metric, max_epochs)
     run.write_trials(records)
+    write_trial_predictions(results, records, run)
     winner = pick_best(records, metric, run.path)
     best = BestConfig(config=trial_config(winner.config, max_epochs, seed), metrics=winner.peak_metrics,
                       epoch=int(winner.best_epoch or 0), trial_id=winner.trial_id, metric=metric, data=data,
                       threads=threads, cv=cv, split_digest=split_digest)
     run.write_best(best)
     return best
+
+
+def write_trial_predictions(results: Any, records: list[TrialRecord], run: RunFolder) -> int:
+    """predictions/<trial>.parquet for every trial of Tune's ResultGrid `results` (with its
+    `records`, in the same order) that has a best epoch, from its newest checkpoint whose saved
+    predictions are of that epoch (a checkpoint written after the last result Tune registered
+    may hold a later one); returns how many were written. A trial without them (a search started
+    before they were kept, a lost checkpoint) is named in a warning and left out."""
+    storage = run.storage()
+    written, missing = 0, []
+    for result, record in zip(results, records, strict=True):
+        if record.best_epoch is None or not result.path:
+            continue
+        saved = _saved_predictions(storage.checkpoint_files(Path(result.path).name, PREDICTIONS_FILE),
+                                   record.trial_id, record.best_epoch, where=str(result.path))
+        if saved is None:
+            missing.append(record.trial_id)
+            continue
+        run.write_trial_predictions(saved)
+        written += 1
+    if missing:
+        logger.warning("no validation predictions at the best epoch for %d trial(s): %s", len(missing),
+                       ", ".join(missing))
+    return written
+
+
+def _saved_predictions(checkpoints: Any, trial_id: str, best_epoch: int, where: str) -> TrialPredictions | None:
+    """The first of a trial's checkpoint files (`(name, content)`, newest first) whose
+    predictions are of `best_epoch`; an unreadable one is warned of and passed over."""
+    for name, content in checkpoints:
+        try:
+            predictions, _, _ = read_predictions(content, trial_id, where=f"{where}/{name}/{PREDICTIONS_FILE}")
+        except Exception as exc:  # pyarrow's errors or ours: the file is unusable, an older may do
+            logger.warning("%s/%s/%s: unreadable (%s: %s)", where, name, PREDICTIONS_FILE, type(exc).__name__, exc)
+            continue
+        if predictions.epoch == best_epoch:
+            return predictions
+    return None

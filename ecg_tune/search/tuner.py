@@ -70,7 +70,8 @@ def run_search(options: SearchOptions, space: AdaptedSpace, dataset: Dataset, pl
     print(f"results: {out}", flush=True)
 
     trainable = tune.with_parameters(
-        train_trial, data=dataset.tensors, folds=validation.folds, max_epochs=plan.max_epochs, seed=options.seed)
+        train_trial, data=dataset.tensors, folds=validation.folds, max_epochs=plan.max_epochs, seed=options.seed,
+        metric=plan.metric)
     trainable = tune.with_resources(
         trainable, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial, **options.trial_resources})
 

@@ -17,7 +17,9 @@ ranking metric, ASHA, the progress and the exports need no change:
 * `lr`: the median over the folds of the rate each used. With a plateau scheduler each fold
   lowers its rate on its own validation loss; the refit, which has no validation data, replays
   this per-epoch median: a rate most folds were at, and non-increasing as each fold's is;
-* `epoch_seconds`: the sum (the wall time the trial spent on the epoch); other numbers: the mean.
+* `epoch_seconds`: the sum (the wall time the trial spent on the epoch); other numbers: the mean;
+* the validation probabilities (`FoldsEpoch.validation_predictions`, not reported): each fold's
+  val records as that fold's model scored them, so every train + val record once (out of fold).
 
 Each key's rule is its `folds` entry in training/reported.py's table (`combine_folds`).
 
@@ -102,16 +104,32 @@ def choose_validation(dataset: Dataset, cv: CvOption, seed: int) -> Validation:
 
 @dataclass
 class FoldsEpoch:
-    """One epoch of every fold: the combined metrics, each fold's own result, a resumable state."""
+    """One epoch of every fold: the combined metrics, each fold's own result, a resumable state,
+    and the validation probabilities of the epoch (`validation_predictions`)."""
 
     epoch: int
     metrics: dict[str, Any]
     folds: list[EpochResult]
     _state: dict[str, Any] = field(repr=False, default_factory=dict)
+    val_indices: tuple[np.ndarray, ...] = ()  # each fold's val part, in the order of `folds`
 
     def state(self) -> dict[str, Any]:
         """Every fold's state, and the fold-mean early stopping's (pass back as `resume`)."""
         return self._state
+
+    def validation_predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(record indices into the data, class probabilities per record) of this epoch's
+        validation, in record order: the val part's records, or under cross-validation every
+        fold's val records scored by that fold's model (out of fold: the folds' val parts
+        partition train + val, so each of those records once). None if the epoch was not
+        validated. Assembled on demand: a trial asks only at an epoch it may keep."""
+        parts = list(zip(self.val_indices, (r.val_probabilities for r in self.folds), strict=True))
+        if not parts or any(probabilities is None for _, probabilities in parts):
+            return None
+        index = np.concatenate([val for val, _ in parts])
+        probabilities = np.concatenate([p for _, p in parts if p is not None])
+        order = np.argsort(index, kind="stable")
+        return index[order], probabilities[order]
 
 
 def fit_folds(config: TrainConfig, data: TensorData, folds: Sequence[Fold], *,
@@ -121,10 +139,11 @@ def fit_folds(config: TrainConfig, data: TensorData, folds: Sequence[Fold], *,
     the plain loop, its metrics passed on unchanged."""
     device = device if isinstance(device, torch.device) else pick_device(device)
     states = list(resume["folds"]) if resume else [None] * len(folds)
+    val_indices = tuple(np.asarray(val, dtype=np.int64) for _, val in folds)
     if len(folds) == 1:
         train, val = folds[0]
         for result in fit(config, data, train, val, device=device, resume=states[0]):
-            yield FoldsEpoch(result.epoch, result.metrics, [result], {"folds": [result.state()]})
+            yield FoldsEpoch(result.epoch, result.metrics, [result], {"folds": [result.state()]}, val_indices)
         return
     early = EarlyStop.resumed(config.early_stop_patience, resume)
     every = np.unique(np.concatenate([np.concatenate(fold) for fold in folds]))
@@ -138,6 +157,6 @@ def fit_folds(config: TrainConfig, data: TensorData, folds: Sequence[Fold], *,
         state = {"folds": [r.state() for r in results], **early.state()}
         # Finished when every fold is (the folded `finished`), or when the mean stops early.
         metrics[FINISHED] = finished(metrics) or early.stop
-        yield FoldsEpoch(results[0].epoch, metrics, list(results), state)
+        yield FoldsEpoch(results[0].epoch, metrics, list(results), state, val_indices)
         if early.stop:
             return

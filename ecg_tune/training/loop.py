@@ -2,8 +2,9 @@
 the benchmark.
 
 `fit()` yields one `EpochResult` per epoch: the metrics (train and validation loss, accuracy,
-macro F1, CinC F1, per-class F1, confusion matrix, the learning rate used) and a `state()` that
-can be saved and passed back as `resume` to continue mid-run. Batches are drawn by index from the
+macro F1, CinC F1, per-class F1, confusion matrix, the learning rate used), the validation
+records' class probabilities those metrics were scored on, and a `state()` that can be saved and
+passed back as `resume` to continue mid-run. Batches are drawn by index from the
 in-memory `TensorData`; augmentation and the input transform run batched on the training device.
 
 Randomness is derived from (seed, epoch), so a run resumed at epoch k draws the same batches and
@@ -60,6 +61,10 @@ class EpochResult:
     network: Network
     head: FittedHead | None  # the model's fitted head, once fitted (models/head.py)
     _state: dict = field(repr=False, default_factory=dict)
+    # The class probabilities the epoch's validation metrics were scored on, one row per record
+    # of val_index in its order (None without validation). Kept off `metrics`, which are reported
+    # to Tune: a trial saves them with its best epoch (search/trainable.py).
+    val_probabilities: np.ndarray | None = field(repr=False, default=None)
 
     def state(self) -> dict:
         """Everything needed to resume after this epoch (tensors, numbers and bytes only)."""
@@ -154,8 +159,10 @@ def fit(
         if fitted is not None:
             head = fitted
             metrics.update(head.summary())
+        val_probabilities = None
         if len(val_index):
-            metrics.update(_validate(config, network, head, data, val_index, device))
+            scores, val_probabilities = _validate(config, network, head, data, val_index, device)
+            metrics.update(scores)
             if plateau is not None:
                 plateau.step(metrics["val_loss"])
             early.update(metrics)
@@ -172,7 +179,7 @@ def fit(
             "input_length": input_length,
             _HEAD_KEY: head.to_bytes() if head is not None else None,
         }
-        yield EpochResult(epoch + 1, metrics, network, head, state)
+        yield EpochResult(epoch + 1, metrics, network, head, state, val_probabilities)
         if early.stop:
             break
 
@@ -261,14 +268,16 @@ def train_step(network: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
 
 
 def _validate(config: TrainConfig, network: Network, head: FittedHead | None, data: TensorData,
-              val_index: np.ndarray, device: torch.device) -> dict:
+              val_index: np.ndarray, device: torch.device) -> tuple[dict, np.ndarray]:
+    """The epoch's validation metrics and the per-record probabilities they were scored on (the
+    fitted head's when it is kept apart: what the trial would deliver)."""
     assert data.labels is not None  # training data is labelled (data.prepare)
     truth = data.labels[val_index]
     probabilities, own = record_probabilities(network, head, data, val_index, config.normalisation,
                                               config.window_overlap, device)
     metrics = classification_metrics(truth, probabilities.argmax(axis=1), data.classes, prefix="val_")
     metrics["val_loss"] = _log_loss(own, truth)  # the network's own: the loss its training lowers
-    return metrics
+    return metrics, probabilities
 
 
 def _class_weights(config: TrainConfig, train_labels: np.ndarray, n_classes: int,
