@@ -46,7 +46,7 @@ from ecg_tune.data.records import Records
 from ecg_tune.data.split import make_folds
 from ecg_tune.errors import DataError, EcgTuneError
 from ecg_tune.runs import EnsembleMember, EnsembleRecord, RunFolder, TrialPredictions, TrialTable
-from ecg_tune.training.metrics import classification_metrics, direction
+from ecg_tune.training.metrics import classification_metrics, direction, log_loss
 from ecg_tune.training.reported import VALIDATION
 
 # The best trials (by the ranking metric) that selection may combine. auto-sklearn and AutoGluon
@@ -60,7 +60,6 @@ ITERATIONS = 25
 # Repeats of the 2-fold split: 2 x REPEATS held-out halves average out which records fall where.
 REPEATS = 5
 LOSS = VALIDATION + "loss"  # scored on the probabilities, not on the argmax
-_CLIP = 1e-12  # a zero probability of the true class is not an infinite loss (as the loop's val_loss)
 _TIE = 1e-12  # relative: scores this close are equal (the same predictions can sum in another order)
 
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -82,9 +81,7 @@ class EnsembleScorer:
 
     def __call__(self, sums: np.ndarray) -> np.ndarray:
         if self.metric == LOSS:
-            rows = np.arange(len(self.labels))
-            true = sums[:, rows, self.labels] / sums.sum(axis=2)  # each ensemble's average probability
-            return -np.mean(-np.log(np.clip(true, _CLIP, None)), axis=1)
+            return -log_loss(sums / sums.sum(axis=2, keepdims=True), self.labels)  # each team's mean probability
         return np.array([self._predicted(row) for row in sums.argmax(axis=2)], dtype=float)
 
     def _predicted(self, predicted: np.ndarray) -> float:

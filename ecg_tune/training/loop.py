@@ -42,7 +42,7 @@ from ecg_tune.models.head import FittedHead, HeadFit, stratified_subsample
 from ecg_tune.signal.augment import BatchAugmenter, build_augmenter, fit_to_length
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities, window_outputs
-from ecg_tune.training.metrics import classification_metrics
+from ecg_tune.training.metrics import classification_metrics, log_loss
 from ecg_tune.training.network import Network, build_network
 from ecg_tune.training.reported import FINISHED, EarlyStop
 
@@ -147,7 +147,7 @@ def fit(
         fitted: FittedHead | None = None
         if head_fit is HeadFit.ONLY_EPOCH:
             fitted, features, window_labels = _fit_head(config, network, data, train_index, epoch, device)
-            train_loss, seen = _log_loss(fitted.predict_proba(features), window_labels), len(window_labels)
+            train_loss, seen = float(log_loss(fitted.predict_proba(features), window_labels)), len(window_labels)
         else:
             train_loss, seen = _train_epoch(config, network, optimizer, criterion, augmenter, signals,
                                             lengths, scale, labels, train_index, epoch, device)
@@ -220,11 +220,6 @@ def _fit_head(config: TrainConfig, network: Network, data: TensorData, train_ind
     return head, features, window_labels
 
 
-def _log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log probability of each row's true label (clipped: a zero is not infinite)."""
-    return float(np.mean(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None))))
-
-
 def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.Optimizer,
                  criterion: nn.Module, augmenter: BatchAugmenter, signals: torch.Tensor,
                  lengths: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor,
@@ -276,7 +271,7 @@ def _validate(config: TrainConfig, network: Network, head: FittedHead | None, da
     probabilities, own = record_probabilities(network, head, data, val_index, config.normalisation,
                                               config.window_overlap, device)
     metrics = classification_metrics(truth, probabilities.argmax(axis=1), data.classes, prefix="val_")
-    metrics["val_loss"] = _log_loss(own, truth)  # the network's own: the loss its training lowers
+    metrics["val_loss"] = float(log_loss(own, truth))  # the network's own: the loss its training lowers
     return metrics, probabilities
 
 

@@ -10,6 +10,7 @@ export of the best trial, the progress lines, the report's curves, the benchmark
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
@@ -49,6 +50,18 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         result[f"{prefix}f1_{name}"] = float(value)
     result[f"{prefix}confusion"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     return result
+
+
+# A zero probability of the true class is a large loss, not an infinite one.
+LOG_LOSS_FLOOR = 1e-12
+
+
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> Any:
+    """Mean negative log probability of each record's true class, clipped at LOG_LOSS_FLOOR.
+    `probabilities` is (records, classes), or a stack (..., records, classes) that gets one loss
+    per matrix (the ensemble selection scores many candidate teams at once)."""
+    true = np.asarray(probabilities)[..., np.arange(len(labels)), np.asarray(labels)]
+    return np.mean(-np.log(np.clip(true, LOG_LOSS_FLOOR, None)), axis=-1)
 
 
 def ranking_metric(classes: list[str]) -> str:
