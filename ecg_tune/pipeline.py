@@ -149,7 +149,8 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: AdaptedSp
         team = choose_for_run(run, dataset.records, dataset.split, plan.metric, search.ensemble, search.seed)
         log(describe(team))
     tracking.search_end(best)
-    log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv; "
+    log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv, space.json, "
+        f"predictions/ (each trial's validation probabilities){', ensemble.json' if search.ensemble > 1 else ''}; "
         f"Tune's experiment: {storage.describe()}")
     from ecg_tune.reporting.page import write_html_report  # plotly: only once a search has results
 
