@@ -16,6 +16,14 @@ against its schema and its `preprocessing` against its `config`; the weights' na
 dtypes and finiteness against the network config.json describes; a head kept apart against the
 network's features and the classes.
 
+An ensemble (the team the search chose, ensemble.json in the run folder, refitted member by
+member) is a bundle of bundles: `ensemble.json` (the class names, the sampling rate and the
+members with their weights) and `members/<trial_id>/`, each a complete single-model bundle as
+above (usable alone with `predict --model`). It predicts the weighted mean of its members'
+record probabilities (`weighted_mean`, the refit's own combination). `load_bundle` tells the two
+apart by ensemble.json, so `predict` takes either with no change; a refit writing one kind removes
+what an earlier refit left of the other.
+
 Format history (all of format 1, all loaded): until 1abb620 `preprocessing` listed wavelet,
 levels, wavelet_output and fourier_log for every transform (None where unused); since then only
 the transform's declared options. The config keys have only been added to since (the rocket_*
@@ -28,10 +36,12 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data.records import Records
 from ecg_tune.data.sources import some_of
-from ecg_tune.data.tensors import to_tensors
+from ecg_tune.data.tensors import TensorData, to_tensors
 from ecg_tune.errors import ConfigError, DataError, EcgTuneError, validation_message
 from ecg_tune.models.head import FittedHead
 from ecg_tune.training.device import pick_device
@@ -49,10 +59,13 @@ from ecg_tune.training.network import Network, build_network
 
 FORMAT_VERSION = 1
 META, WEIGHTS = "config.json", "weights.pt"
+ENSEMBLE, MEMBERS = "ensemble.json", "members"  # an ensemble bundle's description and its members' folder
 
 
 @dataclass
 class Bundle:
+    """One trained model, ready to predict."""
+
     network: Network
     head: FittedHead | None  # a fitted head kept apart from the network (its file), or None
     config: TrainConfig
@@ -62,12 +75,37 @@ class Bundle:
 
     def predict(self, records: Records) -> np.ndarray:
         """Per-record class probabilities (n_records, n_classes) for records at the bundle's rate."""
-        tensors = to_tensors(records)
-        index = np.arange(len(records))
-        probabilities, _ = record_probabilities(self.network, self.head, tensors, index,
+        return self.predict_tensors(to_tensors(records))
+
+    def predict_tensors(self, tensors: TensorData) -> np.ndarray:
+        """`predict` on records already made tensors (an ensemble makes them once for its members)."""
+        probabilities, _ = record_probabilities(self.network, self.head, tensors, np.arange(len(tensors)),
                                                 self.config.normalisation, self.config.window_overlap,
                                                 self.device)
         return probabilities
+
+
+@dataclass
+class EnsembleBundle:
+    """An ensemble's members (each a complete `Bundle`) and their weights; predicts as a `Bundle` does."""
+
+    members: list[tuple[str, float, Bundle]]  # (trial id, weight, its bundle); the weights sum to 1
+    classes: list[str]
+    fs: float | None
+
+    def predict(self, records: Records) -> np.ndarray:
+        """The weighted mean of the members' per-record class probabilities."""
+        tensors = to_tensors(records)  # the same for every member: normalisation is per record
+        return weighted_mean([bundle.predict_tensors(tensors) for _, _, bundle in self.members],
+                             [weight for _, weight, _ in self.members])
+
+
+def weighted_mean(probabilities: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """An ensemble's probabilities: its members' (each records x classes) averaged with `weights`
+    (normalised to sum to 1). One member of weight 1 gives its own probabilities unchanged."""
+    share = np.asarray(weights, dtype=np.float64)
+    share = share / share.sum()
+    return np.tensordot(share, np.stack([np.asarray(p, dtype=np.float64) for p in probabilities]), axes=1)
 
 
 def save_bundle(folder: Path, network: Network, head: FittedHead | None, config: TrainConfig,
@@ -78,6 +116,8 @@ def save_bundle(folder: Path, network: Network, head: FittedHead | None, config:
     import io
 
     folder.mkdir(parents=True, exist_ok=True)
+    # An earlier refit's ensemble would be what load_bundle reads: gone before the model is written.
+    (folder / ENSEMBLE).unlink(missing_ok=True)
     weights = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
     _replace(folder / WEIGHTS, weights.getvalue())
@@ -101,6 +141,41 @@ def save_bundle(folder: Path, network: Network, head: FittedHead | None, config:
         "svm": file is not None,
     }
     _replace(folder / META, json.dumps(meta, indent=2).encode())
+    shutil.rmtree(folder / MEMBERS, ignore_errors=True)
+    return folder
+
+
+@dataclass(frozen=True)
+class MemberModel:
+    """One member to write into an ensemble bundle: what `save_bundle` takes, with its trial and weight."""
+
+    trial_id: str
+    weight: float
+    network: Network
+    head: FittedHead | None
+    config: TrainConfig
+
+
+def save_ensemble_bundle(folder: Path, members: Sequence[MemberModel], classes: list[str],
+                         fs: float | None) -> Path:
+    """Write an ensemble bundle: each member a bundle in members/<trial_id>/, then ensemble.json
+    (the file load_bundle goes by, so an interrupted export is never read as a finished one), then
+    what an earlier refit left (a single model's files, former members) is removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = [_EnsembleEntry(trial_id=m.trial_id, weight=m.weight) for m in members]  # checks each name
+    for member in members:
+        save_bundle(folder / MEMBERS / member.trial_id, member.network, member.head, member.config, classes, fs)
+    meta = {"format_version": FORMAT_VERSION, "kind": "ensemble", "classes": list(classes), "fs": fs,
+            "aggregation": "weighted mean of the members' record probabilities",
+            "members": [entry.model_dump() for entry in entries]}
+    _replace(folder / ENSEMBLE, json.dumps(meta, indent=2).encode())
+    for path in folder.iterdir():
+        if path.is_file() and path.name != ENSEMBLE:
+            path.unlink()
+    kept = {m.trial_id for m in members}
+    for path in (folder / MEMBERS).iterdir():
+        if path.name not in kept:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return folder
 
 
@@ -137,10 +212,59 @@ class _Meta(BaseModel):
     svm: bool
 
 
-def load_bundle(folder: str | Path, device: str | None = None) -> Bundle:
-    """The bundle in `folder`, every file checked (see the module docstring); any problem is an
-    EcgTuneError naming the file."""
+class _EnsembleEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A folder name under members/: never a path that leads out of the bundle.
+    trial_id: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    weight: float = Field(gt=0, le=1)
+
+
+class _EnsembleMeta(BaseModel):
+    """ensemble.json's schema (format 1)."""
+
+    format_version: int
+    kind: Literal["ensemble"]
+    classes: list[str] = Field(min_length=2)
+    fs: float | None = Field(gt=0, allow_inf_nan=False)
+    aggregation: str = ""
+    members: list[_EnsembleEntry] = Field(min_length=1)
+
+
+def load_bundle(folder: str | Path, device: str | None = None) -> Bundle | EnsembleBundle:
+    """The bundle in `folder` (an ensemble's when it holds ensemble.json), every file checked (see
+    the module docstring); any problem is an EcgTuneError naming the file."""
     folder = Path(folder)
+    if (folder / ENSEMBLE).is_file():
+        return _load_ensemble(folder, device)
+    return _load_single(folder, device)
+
+
+def _load_ensemble(folder: Path, device: str | None) -> EnsembleBundle:
+    """An ensemble bundle: ensemble.json checked, then each member as a bundle of its own."""
+    path = folder / ENSEMBLE
+    try:
+        meta = _EnsembleMeta.model_validate(_json_object(path, "kind, classes, fs, members"))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_message(exc)}") from None
+    ids = [entry.trial_id for entry in meta.members]
+    total = sum(entry.weight for entry in meta.members)
+    if len(set(ids)) != len(ids) or abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"{path}: members: " + ("a trial is listed twice" if len(set(ids)) != len(ids)
+                                                  else f"the weights sum to {total:g}, not 1"))
+    members = []
+    for entry in meta.members:
+        bundle = _load_single(folder / MEMBERS / entry.trial_id, device)
+        if bundle.classes != meta.classes or bundle.fs != meta.fs:
+            raise ConfigError(f"{path}: member {entry.trial_id} predicts classes {bundle.classes} at "
+                              f"{bundle.fs} Hz, the ensemble {meta.classes} at {meta.fs} Hz (edited, or mixed "
+                              "bundles?)")
+        members.append((entry.trial_id, entry.weight, bundle))
+    return EnsembleBundle(members=members, classes=meta.classes, fs=meta.fs)
+
+
+def _load_single(folder: Path, device: str | None) -> Bundle:
+    """A single model's bundle in `folder`."""
     meta_path = folder / META
     if not meta_path.is_file():
         raise EcgTuneError(f"{folder}: not a model bundle (no {META})")
@@ -169,25 +293,7 @@ def load_bundle(folder: str | Path, device: str | None = None) -> Bundle:
 def _read_meta(path: Path) -> tuple[_Meta, TrainConfig]:
     """config.json, checked against its schema, its config validated and its preprocessing
     compared with that config."""
-    try:
-        content = json.loads(path.read_text())
-    except OSError as exc:
-        raise EcgTuneError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise EcgTuneError(f"{path}: not a text file (a bundle's {META} is JSON)") from None
-    except json.JSONDecodeError as exc:
-        raise EcgTuneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-                           "damaged or edited") from None
-    if not isinstance(content, dict):
-        raise EcgTuneError(f"{path}: expected a JSON object with format_version, config, classes, "
-                           f"preprocessing, got {type(content).__name__}")
-    version = content.get("format_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-        raise EcgTuneError(f"{path}: bundle format {version} was written by a newer ecg-tune; this one reads "
-                           f"format {FORMAT_VERSION} and earlier: upgrade ecg-tune to use this model")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
-        raise EcgTuneError(f"{path}: format_version must be a bundle format number such as {FORMAT_VERSION}, "
-                           f"got {version!r}")
+    content = _json_object(path, "config, classes, preprocessing")
     try:
         meta = _Meta.model_validate(content)
     except ValidationError as exc:
@@ -199,6 +305,31 @@ def _read_meta(path: Path) -> tuple[_Meta, TrainConfig]:
     if disagreement:
         raise ConfigError(f"{path}: {disagreement} (edited by hand? the two are written together)")
     return meta, config
+
+
+def _json_object(path: Path, keys: str) -> dict[str, Any]:
+    """A bundle's JSON file (config.json, ensemble.json) as an object of a format this version
+    reads (`keys`: what the object holds, for the error); anything else a one-line error."""
+    try:
+        content = json.loads(path.read_text())
+    except OSError as exc:
+        raise EcgTuneError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise EcgTuneError(f"{path}: not a text file (a bundle's {path.name} is JSON)") from None
+    except json.JSONDecodeError as exc:
+        raise EcgTuneError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                           "damaged or edited") from None
+    if not isinstance(content, dict):
+        raise EcgTuneError(f"{path}: expected a JSON object with format_version, {keys}, "
+                           f"got {type(content).__name__}")
+    version = content.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise EcgTuneError(f"{path}: bundle format {version} was written by a newer ecg-tune; this one reads "
+                           f"format {FORMAT_VERSION} and earlier: upgrade ecg-tune to use this model")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise EcgTuneError(f"{path}: format_version must be a bundle format number such as {FORMAT_VERSION}, "
+                           f"got {version!r}")
+    return content
 
 
 def _preprocessing_disagreement(given: _Preprocessing, config: TrainConfig) -> str | None:

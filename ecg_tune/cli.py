@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rank trials by K-fold cross-validation over the train+val records; 1: the "
                              "split's val part; auto (default): 5 folds when the val part has fewer than "
                              "100 records")
+    search.add_argument("--ensemble", type=int, default=1, metavar="K",
+                        help="deliver a team of at most K distinct trials, chosen after the search from their "
+                             "saved validation predictions (greedy selection with replacement; team or single "
+                             "best, and its size, decided on held-out halves of those records), refit and "
+                             "bundled together; 1 (default): the single best trial")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--address", help="attach to the Ray cluster at HOST:PORT (its head's GCS port) instead of "
                                           "starting one on this machine")
@@ -251,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     refit = commands.add_parser("refit", help="retrain a finished search's best config, test it once, export it")
     refit.add_argument("--run", required=True, help="the search's output folder (holds best_config.json)")
-    refit.add_argument("--cpus", type=float, default=1.0, help="CPUs for the refit task")
+    refit.add_argument("--cpus", type=float, default=1.0,
+                       help="CPUs each refit task asks for at least (idle CPUs are shared out among the tasks)")
     refit.add_argument("--gpus", type=float, help="GPU share (default: 0.25 when the cluster has GPUs)")
     refit.add_argument("--address", help="run the refit task on the Ray cluster at HOST:PORT")
     refit.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",

@@ -1,17 +1,29 @@
-"""The refit: the search's best config retrained on train + validation, evaluated once on the test
-records, exported as a model bundle, with report.json and pictures.
+"""The refit: the model a search delivers retrained on train + validation, evaluated once on the
+test records, exported as a model bundle, with report.json and pictures.
 
-It reuses the training loop (replaying the learning rate the best trial used at each epoch, since
-no validation data is left for ReduceLROnPlateau) and the network building of the trainable. A
+The delivered model is the search's single best trial, or, when the search chose a team
+(ensemble.json, written by ecg_tune/search/ensemble.py), that ensemble: each member is refit for
+its own epochs, replaying its own learning rates, and the ensemble's probabilities are the weighted
+mean of the members' (bundle.weighted_mean, which the bundle predicts with too). The single best
+trial is refit as well when it is not a member: it is the reference the ensemble's test figures
+stand beside in report.json. Without ensemble.json, or with the best trial alone in it, the refit
+is the one model it always was: same report (plus `refit_seconds`), same bundle.
+
+It reuses the training loop (replaying the learning rate each trial used at each epoch, since no
+validation data is left for ReduceLROnPlateau) and the network building of the trainable. A
 cross-validated search's trial reported the fold mean per epoch: the refit trains for the epoch
-where that mean peaked, replaying the median rate of the folds (training/folds.py). The
-training runs as a Ray task with the trials' resource rules, so it also works on a remote cluster;
-its progress lines come back through a Ray queue.
+where that mean peaked, replaying the median rate of the folds (training/folds.py). Each model
+trains as a Ray task with the trials' resource rules, so it also works on a remote cluster, and
+several models train at once when the cluster has CPUs for them; their progress lines come back
+through one Ray queue, tagged by trial when there are several.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data import Dataset, prepare
-from ecg_tune.runs import BestConfig, RunFolder
+from ecg_tune.errors import EcgTuneError
+from ecg_tune.runs import BestConfig, EnsembleRecord, RunFolder, TrialTable
 from ecg_tune.training.reported import TRAINING_ITERATION
 
 
@@ -52,15 +65,25 @@ class RefitResult:
 
     run: RunFolder
     report: dict[str, Any]
-    epochs: int
+    epochs: int  # the single best trial's
+    seconds: float = 0.0  # the refit's wall time (report.json's refit_seconds)
 
     @property
     def test(self) -> dict[str, Any]:
         return dict(self.report["test"])
 
 
+@dataclass(frozen=True)
+class RefitJob:
+    """One model for a refit task: its config (epochs: its schedule's length) and rate per epoch."""
+
+    config: TrainConfig
+    lr_schedule: list[float]
+    label: str = "refit"  # what its progress lines start with
+
+
 def _refit_task(config_values: dict[str, Any], tensors: Any, train_index: np.ndarray, test_index: np.ndarray,
-                lr_schedule: list[float], queue: Any, threads: int) -> TrainedModel:
+                lr_schedule: list[float], queue: Any, threads: int, label: str = "refit") -> TrainedModel:
     """Train, then predict the test records; runs where Ray places it, on `threads` CPU threads."""
     import torch
 
@@ -76,11 +99,11 @@ def _refit_task(config_values: dict[str, Any], tensors: Any, train_index: np.nda
                       head_last_epoch_only=True):
         history.append(result.metrics)
         last = result
-        queue.put(f"refit epoch {result.epoch}/{len(lr_schedule)}  train_loss {result.metrics['train_loss']:.4f}  "
+        queue.put(f"{label} epoch {result.epoch}/{len(lr_schedule)}  train_loss {result.metrics['train_loss']:.4f}  "
                   f"lr {result.metrics['lr']:.2g}  {result.metrics['epoch_seconds']:.1f} s")
     assert last is not None, "the refit trains at least one epoch"
     if last.head is not None:
-        queue.put(f"refit: {last.head.name} fitted on all training features")
+        queue.put(f"{label}: {last.head.name} fitted on all training features")
     probabilities, _ = record_probabilities(last.network, last.head, tensors, test_index, config.normalisation,
                                             config.window_overlap, device)
     return TrainedModel(history=history,
@@ -94,6 +117,17 @@ def train_and_predict(config: TrainConfig, dataset: Dataset, train_index: np.nda
                       lr_schedule: list[float], cpus: float = 1.0, gpus: float | None = None,
                       address: str | None = None, connect_timeout: float = 30.0) -> TrainedModel:
     """Train `config` on `train_index` as a Ray task (progress printed here), then predict `test_index`."""
+    (output,) = train_and_predict_all([RefitJob(config, lr_schedule)], dataset, train_index, test_index, cpus,
+                                      gpus, address, connect_timeout)
+    return output
+
+
+def train_and_predict_all(jobs: Sequence[RefitJob], dataset: Dataset, train_index: np.ndarray,
+                          test_index: np.ndarray, cpus: float = 1.0, gpus: float | None = None,
+                          address: str | None = None, connect_timeout: float = 30.0) -> list[TrainedModel]:
+    """Each job as a Ray task, as many at once as the cluster has room for (`_cpus_per_task`),
+    their progress printed here as it comes; the outputs in the jobs' order. A task that fails
+    cancels the others: the refit has failed."""
     import ray
     from ray.util.queue import Queue
 
@@ -102,28 +136,78 @@ def train_and_predict(config: TrainConfig, dataset: Dataset, train_index: np.nda
     connect(address, connect_timeout)  # no-op inside a search, which is connected already
     if gpus is None:
         gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    share = _cpus_per_task(cpus, len(jobs))
+    if len(jobs) > 1:
+        print(f"refit: {len(jobs)} models as Ray tasks of {share:g} CPU(s) each, as many at once as the "
+              f"cluster's {ray.cluster_resources().get('CPU', 0):g} CPUs allow", flush=True)
     queue = Queue()
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_refit_task)
-    pending = task.remote(config.to_dict(), dataset.tensors, train_index, test_index, lr_schedule, queue,
-                          max(1, int(cpus)))
-    while True:
-        done, _ = ray.wait([pending], timeout=0.5)
-        while not queue.empty():
-            print(queue.get(), flush=True)
-        if done:
-            break
-    output: TrainedModel = ray.get(pending)
+    task = ray.remote(num_cpus=share, num_gpus=gpus)(_refit_task)
+    tensors = ray.put(dataset.tensors)  # once in the object store, however many tasks read it
+    # Longest first (by epochs, the cost known beforehand): when the tasks outnumber the places,
+    # the ones that start last are the short ones, so fewer CPUs idle at the end.
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].lr_schedule))
+    started = {i: task.remote(jobs[i].config.to_dict(), tensors, train_index, test_index, jobs[i].lr_schedule,
+                              queue, max(1, int(share)), jobs[i].label) for i in order}
+    pending = [started[i] for i in range(len(jobs))]
+    waiting = [started[i] for i in order]
+    try:
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5)
+            while not queue.empty():
+                print(queue.get(), flush=True)
+            ray.get(done)  # a failed task raises here, while the others may still run
+    except BaseException:
+        for ref in waiting:
+            ray.cancel(ref, force=True)
+        raise
     while not queue.empty():
         print(queue.get(), flush=True)
-    return output
+    return list(ray.get(pending))
+
+
+def _cpus_per_task(cpus: float, tasks: int) -> float:
+    """The CPUs each refit task asks for, at least `cpus`. When the cluster has room for every
+    task, the CPUs it would leave idle are shared out among them (as threads, within what one node
+    has: a task runs on one node), so one model uses the machine, not one core of it; when it has
+    not, up to two tasks share a CPU rather than the last ones waiting for a round of their own
+    while CPUs idle (3 models on 2 CPUs: 1.5 model-times instead of 2)."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    if tasks * cpus <= total:
+        largest = max((float(node["Resources"].get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")),
+                      default=total)
+        return max(cpus, min(float(total // tasks), largest))
+    # Ray keeps resources to 4 decimals: rounded down, so that `tasks` shares fit in `total`.
+    return max(cpus / 2, math.floor(total / tasks * 1e4) / 1e4)
 
 
 def lr_schedule_of(run: RunFolder, best: BestConfig) -> list[float]:
-    """The learning rate the best trial used at each epoch up to its peak (constant if unknown)."""
+    """The learning rate a trial (`best`: the best one, or an ensemble member's record) used at
+    each epoch up to its peak (constant if unknown)."""
     history = run.history(best.trial_id)
     if history is not None and "lr" in history:
         return [float(v) for v in history.sort_values(TRAINING_ITERATION)["lr"].tolist()[:best.epoch]]
     return [float(best.config.get("lr", 1e-3))] * best.epoch
+
+
+@dataclass(frozen=True)
+class RefitModel:
+    """One model the refit trains: a member of the delivered model, the single best trial, or both."""
+
+    trial: BestConfig  # its trial: complete config (the search's epochs and seed), best epoch, score
+    config: TrainConfig  # what the refit trains: epochs = len(lr_schedule), record caps lifted
+    lr_schedule: list[float]
+    weight: float  # its share of the delivered probabilities; 0: the single best, refit as the reference
+
+    @property
+    def trial_id(self) -> str:
+        return self.trial.trial_id
+
+    @property
+    def validation(self) -> float | None:
+        """Its trial's score on the search's metric (trials.csv's best/<metric>)."""
+        return self.trial.metrics.get(self.trial.metric)
 
 
 @dataclass
@@ -131,30 +215,77 @@ class RefitSetup:
     """What a refit of a finished search trains and tests."""
 
     best: BestConfig
-    config: TrainConfig
+    config: TrainConfig  # the single best trial's, as the refit trains it
     dataset: Dataset
     train_index: np.ndarray  # train + val
     test_index: np.ndarray
     lr_schedule: list[float]  # one rate per epoch, up to the best trial's peak
+    # Every model to train: the delivered model's members (the single best alone without an
+    # ensemble), then the single best when it is not a member.
+    models: tuple[RefitModel, ...] = ()
+    ensemble: EnsembleRecord | None = None  # the team chosen after the search, if it chose one
+
+    @property
+    def delivered(self) -> list[RefitModel]:
+        return [m for m in self.models if m.weight > 0]
 
 
 def refit_setup(run: RunFolder) -> RefitSetup:
-    """The best config of the search in `run`, its data and split, and the epochs to train."""
+    """The best config of the search in `run` (and the members of its ensemble, if it chose one),
+    its data and split, and the epochs to train."""
     best = run.best()
     lr_schedule = lr_schedule_of(run, best)
     config = make_config({**best.config, "epochs": len(lr_schedule)}, where=str(run.best_config_path))
     dataset = prepare(best.data, split_file=run.split_path, seed=config.seed, split_digest=best.split_digest)
     train_index, test_index = dataset.index("train", "val"), dataset.index("test")
+    config = _lift_record_caps(config, len(train_index))
+    ensemble = run.ensemble()
+    weights = {best.trial_id: 1.0} if ensemble is None else {m.trial_id: m.weight for m in ensemble.members}
+    table = run.trial_table() if set(weights) - {best.trial_id} else None
+    models = []
+    for trial_id, weight in weights.items():
+        if trial_id == best.trial_id:
+            models.append(RefitModel(best, config, lr_schedule, weight))
+            continue
+        assert table is not None  # read above, as there is a member other than the best
+        trial = _member_trial(best, table, trial_id, where=str(run.ensemble_path))
+        schedule = lr_schedule_of(run, trial)
+        member = make_config({**trial.config, "epochs": len(schedule)}, where=f"{run.ensemble_path}: {trial_id}")
+        models.append(RefitModel(trial, _lift_record_caps(member, len(train_index)), schedule, weight))
+    if best.trial_id not in weights:
+        models.append(RefitModel(best, config, lr_schedule, 0.0))
+    return RefitSetup(best, config, dataset, train_index, test_index, lr_schedule, tuple(models), ensemble)
+
+
+def _lift_record_caps(config: TrainConfig, records: int) -> TrainConfig:
+    """A part that learns from a subsample of records per epoch (cnn_svm's SVM stage: its
+    svm_max_train) learns from every training record in the refit."""
     from ecg_tune.models import MODELS
 
-    # A part that learns from a subsample of records per epoch (cnn_svm's SVM stage: its
-    # svm_max_train) learns from every training record in the refit.
-    config = config.with_updates(**{key: max(config.value(key), len(train_index)) for key in MODELS.record_caps()})
-    return RefitSetup(best, config, dataset, train_index, test_index, lr_schedule)
+    return config.with_updates(**{key: max(config.value(key), records) for key in MODELS.record_caps()})
+
+
+def _member_trial(best: BestConfig, table: TrialTable, trial_id: str, where: str) -> BestConfig:
+    """An ensemble member's trial as the best one's record is: its sampled values from trials.csv
+    made complete as the export makes the best config (the search's epochs and seed), its best
+    epoch and its score on the search's metric."""
+    from ecg_tune.search.trainable import trial_config
+
+    if trial_id not in table.ids:
+        raise EcgTuneError(f"{where}: member {trial_id} is not a trial of this search (not in trials.csv)")
+    epoch = table.info["best_epoch"].get(trial_id) if "best_epoch" in table.info else None
+    if epoch is None or pd.isna(epoch):
+        raise EcgTuneError(f"{where}: member {trial_id} never reported {best.metric} (trials.csv): nothing to refit")
+    # trials.csv leaves out a conditional key the trial did not set (NaN); numpy scalars as Python's.
+    values = {str(key): value.item() if isinstance(value, np.generic) else value
+              for key, value in table.config.loc[trial_id].items() if not pd.isna(value)}
+    score = table.best[best.metric].get(trial_id) if best.metric in table.best else None
+    return replace(best, config=trial_config(values, best.config["epochs"], best.config["seed"]), epoch=int(epoch),
+                   trial_id=trial_id, metrics={} if score is None or pd.isna(score) else {best.metric: float(score)})
 
 
 def run_refit(run: RunFolder, options: RefitOptions | None = None) -> RefitResult:
-    """Refit the best config of the search in `run`; write report, pictures and model/."""
+    """Refit the delivered model of the search in `run`; write report, pictures and model/."""
     options = options or RefitOptions()
     run = RunFolder(run.path.resolve())
     with run.lock():  # not while a search (or another refit) writes to the folder
@@ -162,45 +293,103 @@ def run_refit(run: RunFolder, options: RefitOptions | None = None) -> RefitResul
 
 
 def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
-    from ecg_tune.bundle import save_bundle
-    from ecg_tune.reporting.evaluation import headline, test_metrics
+    from ecg_tune.bundle import weighted_mean
+    from ecg_tune.reporting.evaluation import ModelFigures, ensemble_content, headline, test_metrics
     from ecg_tune.reporting.page import write_html_report
     from ecg_tune.reporting.pictures import write_pictures
-    from ecg_tune.training.network import build_network
 
+    started = time.monotonic()
     setup = refit_setup(run)
-    best, config, dataset, lr_schedule = setup.best, setup.config, setup.dataset, setup.lr_schedule
+    best, dataset, models = setup.best, setup.dataset, setup.models
     train_index, test_index = setup.train_index, setup.test_index
-    epochs = len(lr_schedule)
-    peak = f" (where the mean of its {best.cv} folds peaked)" if best.cv > 1 else ""
-    print(f"refit: {best.trial_id}'s config for {epochs} epochs{peak} on {len(train_index)} train+val records; "
-          f"test: {len(test_index)} records", flush=True)
-
-    output = train_and_predict(config, dataset, train_index, test_index, lr_schedule, options.cpus, options.gpus,
-                               options.address, options.connect_timeout)
+    _announce(setup)
+    if len(models) == 1:  # the one model, through the function the benchmarks (and tests) call
+        outputs = [train_and_predict(setup.config, dataset, train_index, test_index, setup.lr_schedule,
+                                     options.cpus, options.gpus, options.address, options.connect_timeout)]
+    else:
+        jobs = [RefitJob(m.config, m.lr_schedule, f"refit {m.trial_id}") for m in models]
+        outputs = train_and_predict_all(jobs, dataset, train_index, test_index, options.cpus, options.gpus,
+                                        options.address, options.connect_timeout)
+    trained = dict(zip([m.trial_id for m in models], outputs, strict=True))
 
     classes = dataset.records.classes
     assert dataset.tensors.labels is not None  # data.prepare refuses unlabelled data
     truth = dataset.tensors.labels[test_index]
-    test = test_metrics(truth, output.probabilities, classes, seed=config.seed)
-    report = run.write_report(test, best.metrics, config.to_dict(), epochs)
-    network = build_network(config, output.input_length, len(classes))
-    network.load_state_dict(output.state)
-    head = network.model.restore_head(output.head)
-    save_bundle(run.model_dir, network, head, config, classes, dataset.records.fs)
+    seed = setup.config.seed  # one seed: every model's intervals come from the same resamples
+    tests = {m.trial_id: test_metrics(truth, trained[m.trial_id].probabilities, classes, seed=seed) for m in models}
+    delivered = setup.delivered
+    probabilities = weighted_mean([trained[m.trial_id].probabilities for m in delivered], [m.weight for m in delivered])
+    test = tests[delivered[0].trial_id] if len(delivered) == 1 else test_metrics(truth, probabilities, classes,
+                                                                                  seed=seed)
+    seconds = time.monotonic() - started
+    figures = [ModelFigures(m.trial_id, m.weight, m.validation, len(m.lr_schedule), tests[m.trial_id])
+               for m in models]
+    ensemble = None if setup.ensemble is None else ensemble_content(
+        figures, best.trial_id, best.metric, setup.ensemble.rule, setup.ensemble.figures)
+    report = run.write_report(test, best.metrics, setup.config.to_dict(), len(setup.lr_schedule),
+                              ensemble=ensemble, refit_seconds=seconds)
+    _save_model(run, delivered, trained, classes, dataset.records.fs)
     run.write_predictions(pd.DataFrame({
         "record": [dataset.records.record_ids[i] for i in test_index],
         "true": [classes[i] for i in truth],
-        "predicted": [classes[i] for i in output.probabilities.argmax(axis=1)],
-        **{f"p_{c}": output.probabilities[:, k] for k, c in enumerate(classes)}}))
+        "predicted": [classes[i] for i in probabilities.argmax(axis=1)],
+        **{f"p_{c}": probabilities[:, k] for k, c in enumerate(classes)}}))
 
     histories = run.histories()
-    pictures = write_pictures(run, best, test, output.history, histories)
+    pictures = write_pictures(run, best, test, trained[best.trial_id].history, histories)
     html = write_html_report(run, histories)
     print(f"test ({test['n_records']} records, once): {headline(test)}", flush=True)
+    if ensemble is not None:
+        for figure in figures:
+            role = "single best" if figure.trial_id == best.trial_id else "member"
+            share = f"weight {figure.weight:.2f}, " if figure.weight > 0 else "the reference, "
+            score = "" if figure.validation is None else f"validation {best.metric} {figure.validation:.4f}, "
+            print(f"  {role} {figure.trial_id} ({share}{score}{_epochs(figure.epochs)}): test {headline(figure.test)}",
+                  flush=True)
+    print(f"refit wall time: {seconds:.1f} s ({len(models)} model{'s' if len(models) > 1 else ''} trained)",
+          flush=True)
     print(f"refit results in {run.path}: report.json, report.html, confusion_matrix.png, training_curves.png, "
           f"search_overview.png, test_predictions.csv, model/", flush=True)
     from ecg_tune.tracking import log_refit  # does nothing (imports no MLflow) unless --mlflow
 
-    log_refit(run, test, [*pictures, html.path])
-    return RefitResult(run=run, report=report, epochs=epochs)
+    log_refit(run, test, [*pictures, html.path], ensemble=ensemble, refit_seconds=seconds)
+    return RefitResult(run=run, report=report, epochs=len(setup.lr_schedule), seconds=seconds)
+
+
+def _announce(setup: RefitSetup) -> None:
+    """What the refit is about to train, printed."""
+    best, records = setup.best, f"on {len(setup.train_index)} train+val records; test: {len(setup.test_index)} records"
+    peak = f" (where the mean of its {best.cv} folds peaked)" if best.cv > 1 else ""
+    if len(setup.models) == 1:
+        print(f"refit: {best.trial_id}'s config for {len(setup.lr_schedule)} epochs{peak} {records}", flush=True)
+        return
+    delivered = setup.delivered
+    team = (f"the ensemble of {len(delivered)} trials chosen after the search" if len(delivered) > 1
+            else f"trial {delivered[0].trial_id}, chosen after the search")
+    print(f"refit: {team}, each for its own epochs{peak}, {records}", flush=True)
+    for model in setup.models:
+        role = f"weight {model.weight:.2f}" if model.weight > 0 else "the single best, refit as the reference"
+        print(f"  {model.trial_id}: {role}, {_epochs(len(model.lr_schedule))}", flush=True)
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
+def _save_model(run: RunFolder, delivered: list[RefitModel], trained: dict[str, TrainedModel], classes: list[str],
+                fs: float | None) -> None:
+    """model/: the one model's bundle, or the ensemble's (its members' bundles and weights)."""
+    from ecg_tune.bundle import MemberModel, save_bundle, save_ensemble_bundle
+    from ecg_tune.training.network import build_network
+
+    members = []
+    for model in delivered:
+        output = trained[model.trial_id]
+        network = build_network(model.config, output.input_length, len(classes))
+        network.load_state_dict(output.state)
+        head = network.model.restore_head(output.head)
+        members.append(MemberModel(model.trial_id, model.weight, network, head, model.config))
+    if len(members) == 1:
+        save_bundle(run.model_dir, members[0].network, members[0].head, members[0].config, classes, fs)
+    else:
+        save_ensemble_bundle(run.model_dir, members, classes, fs)

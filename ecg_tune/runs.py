@@ -302,13 +302,14 @@ class RunFolder:
     # the refit's outputs ---------------------------------------------------------------------
 
     def write_report(self, test: dict[str, Any], validation: dict[str, float], config: dict[str, Any],
-                     epochs: int) -> dict[str, Any]:
+                     epochs: int, *, ensemble: dict[str, Any] | None = None,
+                     refit_seconds: float | None = None) -> dict[str, Any]:
         """report.json (its content is reporting/evaluation.py's, strict JSON); returns what was
         written, which equals what `report` reads back."""
         # imported here: evaluation.py imports sklearn, which reading a run folder does not need
         from ecg_tune.reporting.evaluation import report_content
 
-        report = report_content(test, validation, config, epochs)
+        report = report_content(test, validation, config, epochs, ensemble=ensemble, refit_seconds=refit_seconds)
         _write_atomic(self.report_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
         return report
 

@@ -256,10 +256,14 @@ def end_search(run: RunFolder, status: str = "FINISHED") -> None:
         _client(record.tracking_uri).set_terminated(record.parent_run_id, status)
 
 
-def log_refit(run: RunFolder, test: dict[str, Any], files: list[Path]) -> None:
+def log_refit(run: RunFolder, test: dict[str, Any], files: list[Path], *, ensemble: dict[str, Any] | None = None,
+              refit_seconds: float | None = None) -> None:
     """The refit's test metrics (each 95 % interval as `<name>_ci_low` / `_ci_high`), `files` (the
     pictures, report.html) and the model bundle, on the search's parent run; nothing when the
-    search was not tracked."""
+    search was not tracked. With an ensemble (report.json's `ensemble`), the test metrics are the
+    ensemble's and the single best trial's headline figures come beside them as
+    `test_single_best_<name>` (with its interval bounds), with `ensemble_members`; and the refit's
+    wall time as `refit_seconds`."""
     record = run.tracking()
     if record is None:
         return
@@ -268,6 +272,12 @@ def log_refit(run: RunFolder, test: dict[str, Any], files: list[Path]) -> None:
     client = _client(record.tracking_uri)
     now = int(time.time() * 1000)
     metrics = test_metrics_flat(test)
+    if ensemble is not None:
+        single = test_metrics_flat(ensemble["single_best"]["test"])
+        metrics.update({key.replace("test_", "test_single_best_", 1): value for key, value in single.items()})
+        metrics["ensemble_members"] = float(len(ensemble["members"]))
+    if refit_seconds is not None:
+        metrics["refit_seconds"] = float(refit_seconds)
     client.log_batch(record.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
     for path in files:
         if path.is_file():

@@ -145,10 +145,14 @@ def test_held_out_curves_select_on_the_half_and_score_on_the_rest() -> None:
         assert curves[0, cap - 1] == pytest.approx(expected)
 
 
-def test_choose_cap_takes_the_best_mean_and_the_smaller_on_ties() -> None:
-    assert choose_cap(np.array([[0.5, 0.6, 0.6], [0.7, 0.6, 0.8]])) == 3
-    assert choose_cap(np.array([[0.5, 0.7, 0.7], [0.7, 0.6, 0.6]])) == 2
-    assert choose_cap(np.array([[0.7, 0.7], [0.6, 0.6]])) == 1
+def test_choose_cap_takes_the_smallest_within_one_standard_error_of_the_best() -> None:
+    # A team better in every half: chosen; the size above it adds nothing the halves can tell.
+    assert choose_cap(np.array([[0.5, 0.6, 0.6], [0.5, 0.61, 0.62], [0.5, 0.6, 0.6]])) == 2
+    assert choose_cap(np.array([[0.5, 0.6, 0.7], [0.5, 0.6, 0.7], [0.5, 0.6, 0.71]])) == 3
+    # A mean gain smaller than its standard error: the single best.
+    assert choose_cap(np.array([[0.5, 0.51], [0.5, 0.49], [0.5, 0.52]])) == 1
+    assert choose_cap(np.array([[0.5, 0.7, 0.7], [0.7, 0.6, 0.6]])) == 1
+    assert choose_cap(np.array([[0.7, 0.7], [0.6, 0.6]])) == 1  # ties: the smaller
 
 
 # select_ensemble: candidates as TrialPredictions over a small Records

@@ -66,7 +66,8 @@ def test_search_writes_its_results(refitted: Path) -> None:
 
 def test_refit_writes_report_pictures_and_bundle(refitted: Path) -> None:
     report = json.loads((refitted / "report.json").read_text())
-    assert set(report) == {"test", "validation", "config", "epochs"}
+    # no ensemble.json: the single best, as before issue 24, plus the refit's wall time
+    assert set(report) == {"test", "validation", "config", "epochs", "refit_seconds"} and report["refit_seconds"] > 0
     test = report["test"]
     for key in ("accuracy", "macro_f1", "cinc_f1", "weighted", "per_class", "classes", "confusion_matrix",
                 "n_records", "ci95"):
@@ -76,7 +77,7 @@ def test_refit_writes_report_pictures_and_bundle(refitted: Path) -> None:
     assert report["epochs"] == json.loads((refitted / "best_config.json").read_text())["epoch"]
     for picture in ("confusion_matrix.png", "training_curves.png", "search_overview.png"):
         assert (refitted / picture).stat().st_size > 1000, picture
-    assert (refitted / "model" / "svm.skops").is_file() and (refitted / "model" / "weights.pt").is_file()
+    assert sorted(p.name for p in (refitted / "model").iterdir()) == ["config.json", "svm.skops", "weights.pt"]
 
 
 def test_predict_in_a_fresh_process_matches_the_test_report(refitted: Path, tmp_path: Path) -> None:

@@ -2,14 +2,17 @@
 report.json's content; the headline line that quotes it.
 
 Owns `test_metrics` (per-record scores of the test split and their 95 % bootstrap intervals),
-`report_content` (what `RunFolder.write_report` puts in report.json) and `headline` (the refit's
-printed line, the page's header and MLflow quote the same figures). It knows nothing about models,
-Ray or files: callers hand it labels and probabilities.
+`report_content` (what `RunFolder.write_report` puts in report.json), `ensemble_content` (its
+`ensemble` object: each refitted member's weight, validation and test figures beside the single
+best trial's) and `headline` (the refit's printed line, the page's header and MLflow quote the same
+figures). It knows nothing about models, Ray or files: callers hand it labels and probabilities.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,14 +133,54 @@ def _bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]
     return samples
 
 
-def report_content(test: dict[str, Any], validation: dict[str, Any], config: dict[str, Any],
-                   epochs: int) -> dict[str, Any]:
-    """report.json's content: the test report, the winner's validation metrics, the refitted config
-    and its epochs. numpy values become plain Python ones and NaN/inf become null, so the file is
-    strict JSON and this dict equals what a reader loads back."""
-    report: dict[str, Any] = _json_ready({"test": test, "validation": validation, "config": config,
-                                          "epochs": int(epochs)})
+def report_content(test: dict[str, Any], validation: dict[str, Any], config: dict[str, Any], epochs: int, *,
+                   ensemble: dict[str, Any] | None = None, refit_seconds: float | None = None) -> dict[str, Any]:
+    """report.json's content: the delivered model's test report, the single best trial's validation
+    metrics, refitted config and epochs; with an ensemble its `ensemble` object (`ensemble_content`),
+    and the refit's wall time. numpy values become plain Python ones and NaN/inf become null, so
+    the file is strict JSON and this dict equals what a reader loads back."""
+    content: dict[str, Any] = {"test": test, "validation": validation, "config": config, "epochs": int(epochs)}
+    if ensemble is not None:
+        content["ensemble"] = ensemble
+    if refit_seconds is not None:
+        content["refit_seconds"] = round(float(refit_seconds), 1)
+    report: dict[str, Any] = _json_ready(content)
     return report
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    """One refitted model as the ensemble object tells it: its trial, its weight in the delivered
+    model (0: the single best, refit only as the reference), its validation score on the search's
+    metric, the epochs it was refit for and its own test report (`test_metrics`)."""
+
+    trial_id: str
+    weight: float
+    validation: float | None
+    epochs: int
+    test: dict[str, Any]
+
+
+def ensemble_content(models: Sequence[ModelFigures], single_best: str, metric: str, rule: str,
+                     figures: dict[str, float]) -> dict[str, Any]:
+    """report.json's `ensemble`: the members (weight > 0) with their validation `metric` and test
+    headline figures, the single best trial's (`single_best`, among `models`) beside them, and the
+    selection's `rule` and `figures` as ensemble.json gives them."""
+    def described(model: ModelFigures) -> dict[str, Any]:
+        return {"trial_id": model.trial_id, "validation": model.validation, "epochs": int(model.epochs),
+                "test": headline_figures(model.test)}
+
+    best = next(m for m in models if m.trial_id == single_best)
+    return {"metric": metric,
+            "members": [{**described(m), "weight": float(m.weight)} for m in models if m.weight > 0],
+            "single_best": {**described(best), "member": best.weight > 0},
+            "rule": rule, "figures": dict(figures)}
+
+
+def headline_figures(test: dict[str, Any]) -> dict[str, Any]:
+    """A test report's headline metrics with their 95 % intervals (`ci95`), the rest left out."""
+    names = [k for k in HEADLINE_METRICS if k in test]
+    return {**{k: test[k] for k in names}, "ci95": {k: test["ci95"][k] for k in names if k in test.get("ci95", {})}}
 
 
 def _json_ready(value: Any) -> Any:

@@ -11,7 +11,8 @@ The page has:
   trials' configurations against their scores, and a table of trials sortable by any column;
 * once refitted, the test report of report.json: metrics with their 95 % intervals beside the
   validation scores, per-class figures, the confusion matrix, the refitted config's training
-  curves and the winning config.
+  curves and the winning config; when an ensemble was delivered, its members (weight, validation,
+  test) beside the single best trial's test figures.
 
 Everything is read through `runs.RunFolder` and worked out by analysis.py and importance.py; the
 figures are figures.py's, whose JavaScript (plotly.js) is embedded once in the page's head, so the
@@ -188,8 +189,7 @@ def _header(run: RunFolder, best: BestConfig, table: TrialTable, parameters: lis
     if report is not None:
         test = report["test"]
         rows.append(("Test set", _e(f"{headline(test, '; ')} on {test['n_records']} held-out records, "
-                                    f"refitted for {epochs_text(report['epochs'])}")
-                     + " (<a href=\"#test\">details</a>)"))
+                                    f"{_delivered(report)}") + " (<a href=\"#test\">details</a>)"))
     else:
         rows.append(("Test set", "not evaluated yet: <code>ecg-tune refit --run "
                                  f"{_e(str(run.path))}</code> retrains the best config and tests it once"))
@@ -204,6 +204,15 @@ def _header(run: RunFolder, best: BestConfig, table: TrialTable, parameters: lis
             + (", and how the winner did on test records it never saw" if report is not None else "")
             + f". Written {_e(time.strftime('%Y-%m-%d %H:%M %Z'))} from {_e(str(run.path))}.</p>\n"
             f"<table class=\"facts\">\n{facts}\n</table>\n<nav>{' · '.join(links)}</nav>\n</header>")
+
+
+def _delivered(report: dict[str, Any]) -> str:
+    """How the delivered model was refitted: one trial for its epochs, or an ensemble's members."""
+    members = (report.get("ensemble") or {}).get("members") or [{"epochs": report["epochs"]}]
+    if len(members) > 1:
+        return f"an ensemble of {len(members)} trials, each refitted for its own epochs"
+    trial = f"trial {members[0]['trial_id']} (chosen after the search) " if "trial_id" in members[0] else ""
+    return f"{trial}refitted for {epochs_text(members[0]['epochs'])}"
 
 
 def _where_set(table: TrialTable, name: str) -> str:
@@ -337,11 +346,18 @@ def _trial_table(table: TrialTable, scores: pd.Series, parameters: list[Paramete
 def _test_section(best: BestConfig, report: dict[str, Any], histories: dict[str, pd.DataFrame]) -> str:
     test = report["test"]
     classes = [str(c) for c in test["classes"]]
-    parts = ["<section id=\"test\">\n<h2>The winner on the test set</h2>",
-             f"<p>The winning configuration was retrained on the training and validation records together "
-             f"for {epochs_text(report['epochs'])} (where its trial scored best), then evaluated once on the "
+    members = len((report.get("ensemble") or {}).get("members", []))
+    retrained = (f"The delivered model is an ensemble of {members} trials chosen after the search (<a "
+                 f"href=\"#ensemble\">below</a>): each was retrained on the training and validation records "
+                 f"together for its own epochs, and their probabilities averaged with the weights shown; it was "
+                 f"evaluated once on the " if members > 1 else
+                 f"The winning configuration was retrained on the training and validation records together "
+                 f"for {epochs_text(report['epochs'])} (where its trial scored best), then evaluated once on the ")
+    parts = ["<section id=\"test\">\n<h2>The winner on the test set</h2>", f"<p>{retrained}"
              f"{test['n_records']} test records that no trial saw. These are the numbers to quote; the "
              f"validation scores above picked the winner, so they flatter it.</p>"]
+    if "ensemble" in report:
+        parts.append(_ensemble_table(report))
     parts.append(_plot("test-metrics", "Test metrics with 95 % intervals", figures.test_metrics_figure(report),
                        "Each dot is a score on the test records, with its 95 % bootstrap interval (the range "
                        "the score would likely fall in on another test set of the same size: wide intervals "
@@ -392,6 +408,39 @@ def _metrics_table(test: dict[str, Any], validation: dict[str, Any]) -> str:
             "<p class=\"caption\">Weighted figures average the classes by their number of test records; "
             "macro F1 gives every class the same weight; the CinC F1 (the PhysioNet/CinC 2017 score) is the "
             "mean F1 of normal rhythm (N), atrial fibrillation (A) and other rhythms (O).</p>")
+
+
+def _ensemble_table(report: dict[str, Any]) -> str:
+    """The delivered ensemble, its members and the single best trial: weight, validation, test."""
+    ensemble, test = report["ensemble"], report["test"]
+    names = [k for k in HEADLINE_METRICS if k in test]
+    best = ensemble["single_best"]
+
+    def row(label: str, weight: str, validation: Any, figures: dict[str, Any], epochs: Any) -> str:
+        cells = [label, weight, "" if validation is None else f"{validation:.3f}"]
+        cells += [f"{figures[k]:.3f}" + (" [{:.3f}, {:.3f}]".format(*figures["ci95"][k]) if k in figures.get("ci95", {})
+                                          else "") for k in names if k in figures]
+        return "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in [*cells, epochs]) + "</tr>"
+
+    rows = [row("delivered: the ensemble" if len(ensemble["members"]) > 1 else "delivered", "1", None, test, "")]
+    for member in ensemble["members"]:
+        mark = " (the single best)" if member["trial_id"] == best["trial_id"] else ""
+        rows.append(row(f"member {member['trial_id']}{mark}", f"{member['weight']:.2f}", member["validation"],
+                        member["test"], member["epochs"]))
+    if not best["member"]:
+        rows.append(row(f"single best {best['trial_id']} (not a member)", "0", best["validation"], best["test"],
+                        best["epochs"]))
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["model", "weight", f"validation {ensemble['metric']}",
+                                                 *[f"test {k} [95 %]" for k in names], "epochs"])
+    figures = "; ".join(f"{k} {fmt(v)}" for k, v in ensemble.get("figures", {}).items())
+    caption = (f"What the team added: the delivered model averages its members' probabilities with these weights; "
+               f"every member, and the single best trial of the search, was refitted on training + validation "
+               f"records for its own epochs and tested on the same records (the same resamples give the "
+               f"intervals). How the team was chosen: {ensemble.get('rule') or 'not recorded'}"
+               + (f" ({figures})" if figures else "") + ".")
+    return (f"<h3 id=\"ensemble\">The ensemble and the single best trial</h3>\n<table class=\"numbers\"><thead>"
+            f"<tr>{head}</tr></thead><tbody>" + "".join(rows) + "</tbody></table>\n"
+            f"<p class=\"caption\">{_e(caption)}</p>")
 
 
 # pieces -------------------------------------------------------------------------------------
