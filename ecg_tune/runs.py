@@ -30,10 +30,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pandas as pd
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ecg_tune.data import Dataset
 from ecg_tune.data.split import save_split
@@ -112,13 +112,7 @@ class RunFolder:
 
     def tracking(self) -> TrackingRecord | None:
         """The search's MLflow parent run, or None when it was not tracked."""
-        path = self.tracking_record_path
-        if not path.is_file():
-            return None
-        try:
-            return TrackingRecord.model_validate_json(path.read_text())
-        except ValidationError as exc:
-            raise EcgTuneError(f"{path}: {validation_message(exc)}") from None
+        return _optional_record(self.tracking_record_path, TrackingRecord)
 
     @property
     def report_path(self) -> Path:
@@ -260,13 +254,7 @@ class RunFolder:
 
     def ensemble(self) -> EnsembleRecord | None:
         """The chosen ensemble, or None when the search chose none (older runs, --ensemble 1)."""
-        path = self.ensemble_path
-        if not path.is_file():
-            return None
-        try:
-            return EnsembleRecord.model_validate_json(path.read_text())
-        except ValidationError as exc:
-            raise EcgTuneError(f"{path}: {validation_message(exc)}") from None
+        return _optional_record(self.ensemble_path, EnsembleRecord)
 
     # Tune's per-trial results ----------------------------------------------------------------
 
@@ -338,6 +326,20 @@ class RunFolder:
         path = self.path / "report.html"
         _write_atomic(path, page)
         return path
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def _optional_record(path: Path, kind: type[Record]) -> Record | None:
+    """A JSON record of the folder, checked (one line naming the file and the key when damaged);
+    None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        return kind.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise EcgTuneError(f"{path}: {validation_message(exc)}") from None
 
 
 def _write_atomic(path: Path, content: str | bytes) -> None:
