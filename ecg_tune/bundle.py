@@ -163,6 +163,8 @@ def save_ensemble_bundle(folder: Path, members: Sequence[MemberModel], classes: 
     what an earlier refit left (a single model's files, former members) is removed."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = [_EnsembleEntry(trial_id=m.trial_id, weight=m.weight) for m in members]  # checks each name
+    # An earlier ensemble's file goes first: members rewritten under it must never load as a team.
+    (folder / ENSEMBLE).unlink(missing_ok=True)
     for member in members:
         save_bundle(folder / MEMBERS / member.trial_id, member.network, member.head, member.config, classes, fs)
     meta = {"format_version": FORMAT_VERSION, "kind": "ensemble", "classes": list(classes), "fs": fs,

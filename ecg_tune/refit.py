@@ -7,7 +7,10 @@ its own epochs, replaying its own learning rates, and the ensemble's probabiliti
 mean of the members' (bundle.weighted_mean, which the bundle predicts with too). The single best
 trial is refit as well when it is not a member: it is the reference the ensemble's test figures
 stand beside in report.json. Without ensemble.json, or with the best trial alone in it, the refit
-is the one model it always was: same report (plus `refit_seconds`), same bundle.
+is the one model it always was: same report keys (plus `refit_seconds`), same bundle layout; its
+task now takes the cluster's idle CPUs as threads, so its figures can differ in the last digits
+from a one-thread refit. In report.json `test` is the delivered model's (the ensemble's), while
+`validation`, `config` and `epochs` stay the single best trial's (`ensemble.single_best`).
 
 It reuses the training loop (replaying the learning rate each trial used at each epoch, since no
 validation data is left for ReduceLROnPlateau) and the network building of the trainable. A
@@ -175,9 +178,13 @@ def _cpus_per_task(cpus: float, tasks: int) -> float:
 
     total = float(ray.cluster_resources().get("CPU", 0.0))
     if tasks * cpus <= total:
-        largest = max((float(node["Resources"].get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")),
-                      default=total)
-        return max(cpus, min(float(total // tasks), largest))
+        nodes = [float(node["Resources"].get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")] or [total]
+        # The most whole CPUs per task at which every task still has a place at once (a task runs
+        # on one node: nodes of 4 and 2 CPUs take two tasks of 2, not of 3).
+        for share in range(int(total // tasks), 0, -1):
+            if share >= cpus and sum(int(n // share) for n in nodes) >= tasks:
+                return float(share)
+        return cpus
     # Ray keeps resources to 4 decimals: rounded down, so that `tasks` shares fit in `total`.
     return max(cpus / 2, math.floor(total / tasks * 1e4) / 1e4)
 

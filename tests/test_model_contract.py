@@ -155,11 +155,6 @@ def _lengths(name: str) -> tuple[int, int]:
 # ------------------------------------------------------------------ the checks
 
 
-def test_the_toy_is_among_the_checked_models() -> None:
-    assert TOY in MODELS.names() and TOY in {p.values[0] for p in CASES}
-    assert set(MODELS.names()) == {p.values[0] for p in CASES}
-
-
 @pytest.mark.parametrize("name,options", CASES)
 def test_builds_and_runs_on_its_shortest_and_a_longer_input(name: str, options: dict[str, Any]) -> None:
     for channels in (1, 3):

@@ -166,7 +166,7 @@ def choose_cap(curves: np.ndarray) -> int:
     halves cannot tell apart the smaller wins (every member costs a refit)."""
     best = int(np.flatnonzero(_ties(curves.mean(axis=0)))[0])
     halves = curves.shape[0]
-    for cap in range(best + 1):
+    for cap in range(best):  # the best cap itself always qualifies
         gain = curves[:, best] - curves[:, cap]
         error = float(gain.std(ddof=1)) / np.sqrt(halves) if halves > 1 else 0.0
         if float(gain.mean()) <= error + _TIE * max(1.0, abs(float(curves[:, best].mean()))):
@@ -252,6 +252,11 @@ def select_ensemble(predictions: Mapping[str, TrialPredictions], records: Record
     if pool is None:
         return _single(best, metric, "the single best trial: no trial saved validation predictions")
     excluded = f"; excluded for their records: {', '.join(pool.excluded)}" if pool.excluded else ""
+    if not pool.trial_ids or pool.trial_ids[0] != best:
+        # The held-out rule compares a team with the trial the refit would deliver alone; without
+        # that trial's predictions it would judge against another one.
+        return _single(best, metric, f"the single best trial: its saved predictions are missing or unusable, "
+                                     f"so no team can be judged against it{excluded}")
     figures = {"candidates": float(len(pool.trial_ids)), "excluded": float(len(pool.excluded)),
                "records": float(len(pool.positions)), "dropped_records": float(pool.dropped)}
     if len(pool.trial_ids) < 2 or len(pool.positions) < 4:
@@ -273,7 +278,7 @@ def select_ensemble(predictions: Mapping[str, TrialPredictions], records: Record
     figures.update({"splits": float(len(halves)), "iterations": float(cap),
                     "held_out_ensemble": sign * float(curves[:, cap - 1].mean()),
                     "held_out_single_best": sign * float(curves[:, 0].mean()),
-                    "held_out_gain_std": float(gain.std())})
+                    "held_out_gain_std": float(gain.std(ddof=1))})
     if iterations > 1:  # what the best cap above one scored: how far a team was from winning
         figures["held_out_best_team"] = sign * float(curves[:, 1:].mean(axis=0).max())
     if best in pool.trial_ids:
@@ -322,7 +327,10 @@ def choose_for_run(run: RunFolder, records: Records, split: np.ndarray, metric: 
     except EcgTuneError as exc:  # a damaged file must not cost the search its refit
         record = _single(ranking[0], metric, f"the single best trial: the saved predictions are unreadable ({exc})")
     else:
-        record = select_ensemble(predictions, records, split, ranking, metric, max_members, seed)
+        try:
+            record = select_ensemble(predictions, records, split, ranking, metric, max_members, seed)
+        except ValueError as exc:  # e.g. a metric that class probabilities cannot give
+            record = _single(ranking[0], metric, f"the single best trial: no selection ({exc})")
     run.write_ensemble(record)
     return record
 

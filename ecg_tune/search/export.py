@@ -77,12 +77,12 @@ def write_results(results: Any, run: RunFolder, metric: str, max_epochs: int, se
     `cv`: the folds each trial was scored on (1: the split's val part)."""
     records = trial_records(results, metric, max_epochs)
     run.write_trials(records)
-    write_trial_predictions(results, records, run)
     winner = pick_best(records, metric, run.path)
     best = BestConfig(config=trial_config(winner.config, max_epochs, seed), metrics=winner.peak_metrics,
                       epoch=int(winner.best_epoch or 0), trial_id=winner.trial_id, metric=metric, data=data,
                       threads=threads, cv=cv, split_digest=split_digest)
-    run.write_best(best)
+    run.write_best(best)  # first: the predictions are extras, the best config is the search's result
+    write_trial_predictions(results, records, run)
     return best
 
 
@@ -97,8 +97,12 @@ def write_trial_predictions(results: Any, records: list[TrialRecord], run: RunFo
     for result, record in zip(results, records, strict=True):
         if record.best_epoch is None or not result.path:
             continue
-        saved = _saved_predictions(storage.checkpoint_files(Path(result.path).name, PREDICTIONS_FILE),
-                                   record.trial_id, record.best_epoch, where=str(result.path))
+        try:
+            saved = _saved_predictions(storage.checkpoint_files(Path(result.path).name, PREDICTIONS_FILE),
+                                       record.trial_id, record.best_epoch, where=str(result.path))
+        except (OSError, EcgTuneError) as exc:  # a storage that cannot be listed or read costs this trial's file
+            logger.warning("%s: predictions not read (%s)", result.path, exc)
+            saved = None
         if saved is None:
             missing.append(record.trial_id)
             continue
