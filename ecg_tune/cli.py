@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
     search.add_argument("--metric", help="metric that ranks trials, in its own direction (val_loss: lowest wins; "
                                          "default: val_cinc_f1 with N, A, O classes, else val_macro_f1)")
+    search.add_argument("--rung-metric", metavar="METRIC",
+                        help="what ASHA's rungs rank trials by (e.g. val_auroc, which moves before the arg-max "
+                             "does); the searcher and the best trial still rank by --metric (default: the "
+                             "space's search.rung_metric, else --metric)")
     search.add_argument("--cv", type=cv_value, default="auto", metavar="K",
                         help="rank trials by K-fold cross-validation over the train+val records; 1: the "
                              "split's val part; auto (default): 5 folds when the val part has fewer than "
@@ -294,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default 2500, so that a 5-minute run tries more than a couple of "
                                  "configs on 2 cores; 0: all)")
     strategies.add_argument("--strategies", nargs="+", choices=["seed_grid", "random_fifo", "random_asha",
-                                                                "optuna_asha", "optuna_asha_complete"],
+                                                                "optuna_asha", "optuna_asha_complete",
+                                                                "optuna_asha_auroc"],
                             help="a subset (default: all)")
     overhead = kinds.add_parser("overhead", help="Ray's cost per trial, trials/min, peak memory of 1 vs 4 trials")
     overhead.add_argument("--tiny-trials", type=int, default=40, help="trials that only report once")

@@ -112,7 +112,8 @@ def test_patterns_prefixes_classes_and_spreads() -> None:
     assert spread_of("val_confusion_std") is None and describe_key("val_confusion_std") is None
     assert describe_key("train_samples_per_s").kind == "cost" and describe_key("pid").kind == "bookkeeping"
     assert validation_metrics(["N", "A", "O"])[:4] == ["val_accuracy", "val_macro_f1", "val_cinc_f1", "val_loss"]
-    assert validation_metrics(["a", "b"]) == ["val_accuracy", "val_macro_f1", "val_loss", "val_f1_a", "val_f1_b"]
+    assert validation_metrics(["a", "b"]) == ["val_accuracy", "val_macro_f1", "val_loss", "val_auroc", "val_f1_a",
+                                              "val_f1_b"]
 
 
 def test_folds_combine_by_each_keys_rule() -> None:

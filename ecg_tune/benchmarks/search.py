@@ -6,7 +6,9 @@ Strategies (each a real `run_search` on the shipped spaces, so the numbers are t
 - random_asha: random search over `full` with ASHA early stopping;
 - optuna_asha: Optuna TPE over `full` with ASHA (the default of `scripts/search.py`);
 - optuna_asha_complete: the same, but the trials ASHA stopped reach TPE as COMPLETE with their
-  last value, as Ray 2.60's OptunaSearch tells them (what the PRUNED state changes).
+  last value, as Ray 2.60's OptunaSearch tells them (what the PRUNED state changes);
+- optuna_asha_auroc: the same as optuna_asha, but ASHA's rungs rank by the validation AUROC
+  (search/rungs.py), which moves before the arg-max does, while TPE and the best trial keep the metric.
 Runs are interleaved (seed 0 of every strategy, then seed 1, ...) so that a change in the shared
 machine's load falls on all strategies alike. The figure of merit is the best validation score
 any trial had reported by each moment of the run.
@@ -23,7 +25,7 @@ import numpy as np
 
 from ecg_tune.benchmarks.common import best_so_far, value_at
 from ecg_tune.data import Dataset
-from ecg_tune.training.metrics import better
+from ecg_tune.training.metrics import best_value, better
 
 STRATEGIES: dict[str, dict] = {
     "seed_grid": {"space": "seed_grid", "searcher": "optuna", "scheduler": "fifo",
@@ -35,6 +37,8 @@ STRATEGIES: dict[str, dict] = {
     # 2.60's OptunaSearch): what telling them PRUNED changes.
     "optuna_asha_complete": {"space": "full", "searcher": "optuna", "scheduler": "asha", "pruned_as_complete": True,
                              "label": "Optuna TPE + ASHA, stopped trials told COMPLETE (Ray's default)"},
+    "optuna_asha_auroc": {"space": "full", "searcher": "optuna", "scheduler": "asha", "rung_metric": "val_auroc",
+                          "label": "Optuna TPE + ASHA, rungs ranked by val_auroc"},
 }
 CHECKPOINTS = 10  # points of the summary table across the budget
 
@@ -58,7 +62,8 @@ def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0
             strategy = STRATEGIES[name]
             options = SearchOptions(out=runs_dir / f"{name}-seed{seed}", searcher=strategy["searcher"],
                                     scheduler=strategy["scheduler"], time_budget=budget, seed=seed,
-                                    pruned_as_complete=strategy.get("pruned_as_complete", False))
+                                    pruned_as_complete=strategy.get("pruned_as_complete", False),
+                                    rung_metric=strategy.get("rung_metric"))
             log(f"--- {strategy['label']}, seed {seed}, budget {budget:g} s")
             started = time.time()
             # The split is saved with each run, so any run can be refitted later.
@@ -71,7 +76,11 @@ def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0
             runs.append({"strategy": name, "seed": seed, "wall_s": wall, "metric": metric,
                          "trials": len(histories), "epochs": int(sum(len(h) for h in histories.values())),
                          "curve_s": times.tolist(), "curve_best": best.tolist(),
-                         "final_best": value_at(times, best, budget), "folder": str(result.run.path)})
+                         "final_best": value_at(times, best, budget), "folder": str(result.run.path),
+                         # each trial's epochs and best value: which trials a rung stopped, and how good
+                         "per_trial": [{"trial": trial, "epochs": len(history),
+                                        "best": best_value(metric, history[metric])}
+                                       for trial, history in histories.items() if metric in history]})
             log(f"{name} seed {seed}: best {runs[-1]['final_best']:.4f} after {wall:.0f} s, "
                 f"{runs[-1]['trials']} trials, {runs[-1]['epochs']} epochs")
             if on_run is not None:

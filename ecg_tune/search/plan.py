@@ -49,6 +49,7 @@ class SearchOptions(BaseModel):
     pruned_as_complete: bool = False
     scheduler: Literal["asha", "fifo"] = "asha"
     metric: str | None = None  # None: val_cinc_f1 with the CinC classes, else val_macro_f1
+    rung_metric: str | None = None  # None: the space's search.rung_metric, else the metric
     # K-fold cross-validation ranks trials (1: the split's val part; auto: K folds below a val
     # size, see training/folds.py)
     cv: CvOption = "auto"
@@ -112,6 +113,7 @@ class Plan:
     startup_trials: int = 10  # TPE's random start-up trials (start points count among them)
     fidelity: str = "epochs"  # ASHA's clock: "epochs" or "time" (seconds of training)
     grace_seconds: float = 60.0  # time fidelity: the first rung
+    rung_metric: str = ""  # what ASHA's rungs rank by ("": the metric)
     folds: int = 1  # cross-validation folds per trial (1: the split's val part)
     validation: str = ""  # how trials are validated, in words
     points: list[dict[str, Any]] | None = None  # a grid space's configs, each run once (samplers.grid)
@@ -125,6 +127,8 @@ class Plan:
                         f"at most {self.max_epochs} epochs a trial)")
         else:
             schedule = f"ASHA (max_t {self.max_epochs}, grace {self.grace_period}, reduction {self.reduction_factor:g})"
+        if self.scheduler == "asha" and self.rung_metric and self.rung_metric != self.metric:
+            schedule += f" with rungs ranked by {self.rung_metric}"
         best = "lowest" if self.mode == "min" else "highest"
         validation = f"; validation: {self.validation}" if self.validation else ""
         return (f"{self.limits()}; by {self.searcher}, {schedule}, ranked by {self.metric} ({best} wins); "
@@ -148,6 +152,10 @@ def make_plan(options: SearchOptions, space: AdaptedSpace, cluster_cpus: float, 
     if metric not in validation_metrics(facts.classes):
         choices = ", ".join(validation_metrics(facts.classes))
         raise ConfigError(f"--metric {metric}: not reported; choose one of {choices}")
+    rung_metric = options.rung_metric or settings.rung_metric or metric
+    if rung_metric not in validation_metrics(facts.classes):
+        choices = ", ".join(validation_metrics(facts.classes))
+        raise ConfigError(f"rung_metric {rung_metric}: not reported; choose one of {choices}")
     if options.gpus_per_trial is None:
         gpus = 0.25 if cluster_gpus > 0 else 0.0
     else:
@@ -189,6 +197,7 @@ def make_plan(options: SearchOptions, space: AdaptedSpace, cluster_cpus: float, 
         startup_trials=settings.startup_trials or _startup_trials(num_samples),
         fidelity=settings.fidelity,
         grace_seconds=float(settings.grace_seconds or _grace_seconds(time_budget)),
+        rung_metric=rung_metric,
         points=points,
         folds=validation.k if validation else 1,
         validation=validation.description if validation else "",

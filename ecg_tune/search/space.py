@@ -82,6 +82,9 @@ class SearchSettings(BaseModel):
     # same seconds, not after ten times as many; max_epochs still ends every trial.
     fidelity: Literal["epochs", "time"] = "epochs"
     grace_seconds: TimeBudget | None = None  # time fidelity; None: derived from the time budget (search/plan.py)
+    # What ASHA's rungs rank trials by (a validation metric; None: the search's own metric). The
+    # searcher, the best trial and the export always rank by the search's metric (search/rungs.py).
+    rung_metric: str | None = None
     # TPE's random start-up trials (None: a quarter of a capped search, 2 to 10; 5 under a time
     # budget, where a laptop's few minutes start only a handful of trials on long records).
     startup_trials: NumSamples | None = None

@@ -24,6 +24,7 @@ from ecg_tune.search.samplers import define_by_run
 from ecg_tune.search.trainable import GRID_KEY
 from ecg_tune.storage import EXPERIMENT, ExperimentStorage
 from ecg_tune.training.folds import Validation, choose_validation
+from ecg_tune.training.metrics import direction
 from ecg_tune.training.reported import TRAINING_ITERATION
 
 
@@ -173,13 +174,18 @@ def _searcher(plan: Plan, options: SearchOptions, space: AdaptedSpace) -> Any:
 
 
 def _scheduler(plan: Plan) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from ecg_tune.search.rungs import RungASHA
 
     if plan.scheduler == "fifo":
         return FIFOScheduler()
+    # The scheduler's own metric: its rungs may rank by another key than the search (search/rungs.py).
+    ranked = {"metric": plan.rung_metric or plan.metric, "mode": direction(plan.rung_metric or plan.metric)}
     if plan.fidelity == "time":
         # max_t only bounds the rungs: max_epochs (the trainable's) or the budget ends a trial.
-        return ASHAScheduler(time_attr="time_total_s", max_t=int(max(plan.time_budget or 0.0, 24 * 3600.0)),
-                             grace_period=max(1, round(plan.grace_seconds)), reduction_factor=plan.reduction_factor)
-    return ASHAScheduler(time_attr=TRAINING_ITERATION, max_t=plan.max_epochs,
-                         grace_period=plan.grace_period, reduction_factor=plan.reduction_factor)
+        return RungASHA(time_attr="time_total_s", max_t=int(max(plan.time_budget or 0.0, 24 * 3600.0)),
+                        grace_period=max(1, round(plan.grace_seconds)), reduction_factor=plan.reduction_factor,
+                        **ranked)
+    return RungASHA(time_attr=TRAINING_ITERATION, max_t=plan.max_epochs,
+                    grace_period=plan.grace_period, reduction_factor=plan.reduction_factor, **ranked)

@@ -42,7 +42,7 @@ from ecg_tune.models.head import FittedHead, HeadFit, stratified_subsample
 from ecg_tune.signal.augment import BatchAugmenter, build_augmenter, fit_to_length
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities, window_outputs
-from ecg_tune.training.metrics import classification_metrics, log_loss
+from ecg_tune.training.metrics import classification_metrics, log_loss, macro_auroc
 from ecg_tune.training.network import Network, build_network
 from ecg_tune.training.reported import FINISHED, EarlyStop
 
@@ -272,6 +272,7 @@ def _validate(config: TrainConfig, network: Network, head: FittedHead | None, da
                                               config.window_overlap, device)
     metrics = classification_metrics(truth, probabilities.argmax(axis=1), data.classes, prefix="val_")
     metrics["val_loss"] = float(log_loss(own, truth))  # the network's own: the loss its training lowers
+    metrics["val_auroc"] = macro_auroc(probabilities, truth)
     return metrics, probabilities
 
 

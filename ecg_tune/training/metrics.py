@@ -1,5 +1,5 @@
-"""Classification metrics: accuracy, macro F1, the CinC 2017 score, per-class F1, confusion matrix;
-and ranking by them.
+"""Classification metrics: accuracy, macro F1, the CinC 2017 score, per-class F1, confusion matrix,
+the macro one-vs-rest AUROC of class probabilities; and ranking by them.
 
 The CinC 2017 score is the mean F1 of the classes N, A and O (noise is not scored); it exists only
 when the dataset has those three classes. Every place that ranks by a metric (the tuner, the
@@ -62,6 +62,39 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> Any:
     per matrix (the ensemble selection scores many candidate teams at once)."""
     true = np.asarray(probabilities)[..., np.arange(len(labels)), np.asarray(labels)]
     return np.mean(-np.log(np.clip(true, LOG_LOSS_FLOOR, None)), axis=-1)
+
+
+def macro_auroc(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes of the one-vs-rest area under the ROC curve of the class's probability
+    (ties count half), over the classes with records both in and out of the class; NaN when none.
+
+    Threshold-free: it moves as soon as a model ranks records better, while accuracy and the F1
+    scores wait for the arg-max to change, which on imbalanced data (CinC) takes CNNs several
+    epochs. It is what early ASHA rungs can tell trials apart by (search/rungs.py)."""
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    areas = []
+    for cls in range(probabilities.shape[1]):
+        positive = labels == cls
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        # Mann-Whitney U from average ranks: the AUROC with ties counted as half.
+        ranks = _average_ranks(probabilities[:, cls])
+        areas.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(areas)) if areas else float("nan")
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values`, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    # Each run of equal values gets the mean of the positions it spans.
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    mean_rank = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
 
 
 def ranking_metric(classes: list[str]) -> str:

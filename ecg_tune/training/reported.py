@@ -137,6 +137,7 @@ TABLE: tuple[ReportedKey, ...] = (
     *_metric("macro_f1", "max"),
     *_metric("cinc_f1", "max"),  # only with the classes N, A and O (training/metrics.py)
     *_metric("loss", "min"),
+    *_metric("auroc", "max"),  # threshold-free: what early ASHA rungs can rank by (search/rungs.py)
     *_metric("f1_{class}", "max"),
     ReportedKey("{split}confusion", "matrix", "elementwise_sum", False, False),
     ReportedKey("epoch", "progress", "first", False, True),
