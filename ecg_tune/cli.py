@@ -321,7 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
     portfolio.add_argument("--seeds", type=int, default=1, help="seeds of the split and initialisation")
     portfolio.add_argument("--summarise", nargs="+", type=Path, metavar="FILE",
                            help="portfolio result files, one per data set: their mean rank (trains nothing)")
-    for kind in (pipeline, strategies, overhead, gpu, quality, portfolio):
+    steadiness = kinds.add_parser("steadiness", help="full's trained start points with a constant rate, cosine "
+                                                     "annealing, weight averaging (EMA) and both: best, last epochs, "
+                                                     "swing between epochs")
+    steadiness.add_argument("--max-epochs", type=int, default=20, help="epochs per run (default 20)")
+    steadiness.add_argument("--seeds", type=int, default=3, help="seeds per start point and variant")
+    steadiness.add_argument("--records", type=int, default=0,
+                            help="a stratified subset of this many records (default 0: all)")
+    steadiness.add_argument("--starts", type=int, nargs="+", metavar="INDEX",
+                            help="indices into full's start: list (default: every trained one)")
+    steadiness.add_argument("--variants", nargs="+", choices=["constant", "cosine", "ema", "cosine_ema"],
+                            help="a subset (default: all)")
+    resample = kinds.add_parser("resample", help="a full search with refit on each re-split of a UCR TRAIN/TEST "
+                                                 "pair (pooled, re-drawn with the official sizes and class "
+                                                 "proportions): delivered against single best test figures")
+    resample.add_argument("--resamples", type=int, default=5, help="re-splits (default 5)")
+    resample.add_argument("--first-seed", type=int, default=0, help="seed of the first re-split (default 0)")
+    resample.add_argument("--budget", type=float, default=420.0, metavar="SECONDS",
+                          help="time budget of each search (default 420)")
+    resample.add_argument("--ensemble", type=int, default=5, metavar="K", help="--ensemble of each search (default 5)")
+    for kind in (pipeline, strategies, overhead, gpu, quality, portfolio, steadiness, resample):
         kind.add_argument("--data", default=None,
                           help="data source (default: ../shared/data/cinc2017/training2017 beside the "
                                "checkout when present, else synthetic)")

@@ -279,3 +279,74 @@ def test_a_bad_candidates_file_is_a_one_line_error_naming_file_and_key(tmp_path:
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {path}: ") and message in err and len(err.splitlines()) == 1
     assert not list(tmp_path.glob("portfolio-*.json"))
+
+
+def _ucr_pair(folder: Path, n_train: int = 40, n_test: int = 40) -> Path:
+    """A *_TRAIN / *_TEST pair of short two-class beats (a class-0 beat has a wider QRS)."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(-1, 1, 64)
+
+    def rows(n: int, minority: int) -> np.ndarray:
+        labels = np.r_[np.zeros(minority), np.ones(n - minority)]
+        beats = [np.exp(-(t / (0.12 if y == 0 else 0.05)) ** 2) + 0.05 * rng.standard_normal(len(t)) for y in labels]
+        return np.column_stack([labels, beats])
+
+    np.savetxt(folder / "Beats_TRAIN.txt", rows(n_train, 14))
+    np.savetxt(folder / "Beats_TEST.txt", rows(n_test, 12))
+    return folder / "Beats_TRAIN.txt"
+
+
+def test_resample_redraws_test_parts_with_the_official_sizes_and_proportions(tmp_path: Path) -> None:
+    from ecg_tune.benchmarks.resample import resampled
+    from ecg_tune.errors import DataError
+
+    data = prepare(str(_ucr_pair(tmp_path)), progress=False)
+    labels = data.records.labels
+    official = np.bincount(labels[data.split == "test"])
+    draws = [resampled(data, seed) for seed in range(4)]
+    for drawn in draws:
+        assert np.bincount(labels[drawn.split == "test"]).tolist() == official.tolist()
+        assert set(drawn.split) == {"train", "val", "test"} and len(drawn.split) == len(data.split)
+    tests = [frozenset(np.flatnonzero(d.split == "test")) for d in draws]
+    assert len(set(tests)) == 4, "each seed draws another test part"
+    assert tests[0] == frozenset(np.flatnonzero(resampled(data, 0).split == "test")), "a seed draws the same"
+    with pytest.raises(DataError, match="needs a train/test pair"):
+        resampled(prepare("synthetic:60", progress=False), 0)
+
+
+def test_resample_table_shows_both_figures_and_their_means() -> None:
+    from ecg_tune.benchmarks.resample import _result, table
+
+    runs = [{"seed": s, "delivered": {"accuracy": a}, "single_best": {"accuracy": b}, "members": m}
+            for s, a, b, m in ((0, 0.92, 0.90, 3), (1, 0.88, 0.88, 1))]
+    result = _result(runs, 420.0, 5, complete=True)
+    assert result["summary"]["delivered_accuracy_mean"] == pytest.approx(0.90)
+    assert result["summary"]["single_best_accuracy_mean"] == pytest.approx(0.89)
+    text = table(result)
+    assert "| 0 | 0.920 | 0.900 | 3 |" in text and "0.900 ± 0.020 | 0.890 ± 0.010" in text
+
+
+def test_steadiness_describes_a_curve() -> None:
+    from ecg_tune.benchmarks.steadiness import describe_curve, ema_decay
+
+    curve = [0.2, 0.5, 0.7, 0.6, 0.8, 0.6, 0.7, 0.6, 0.7, 0.6]
+    figures = describe_curve("val_accuracy", curve)
+    assert figures["best"] == 0.8 and figures["best_epoch"] == 5
+    assert figures["tail_mean"] == pytest.approx(np.mean(curve[-5:]))
+    assert figures["swing"] == pytest.approx(0.1)  # the second half moves 0.1 every epoch
+    assert figures["luck"] == pytest.approx(0.8 - np.mean(curve[-5:]))
+    loss = describe_curve("val_loss", [1.0, 0.5, 0.7, 0.6, 0.6])
+    assert loss["best"] == 0.5 and loss["luck"] == pytest.approx(np.mean([1.0, 0.5, 0.7, 0.6, 0.6]) - 0.5)
+    # a half-life of h epochs of s steps: the weight of a step h*s steps back is one half
+    assert ema_decay(0.5, 40) ** 20 == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_steadiness_benchmark_quick_end_to_end(tmp_path: Path) -> None:
+    assert main(["benchmark", "steadiness", "--quick", "--data", str(_ucr_pair(tmp_path)), "--out",
+                 str(tmp_path / "results")]) == 0
+    (result_file,) = (tmp_path / "results").glob("steadiness-*.json")
+    result = json.loads(result_file.read_text())
+    assert {r["variant"] for r in result["runs"]} == {"constant", "cosine", "ema", "cosine_ema"}
+    assert all(len(r["curve"]) == 3 for r in result["runs"])
+    assert all(r["ema_decay"] for r in result["runs"] if "ema" in r["variant"])

@@ -36,7 +36,8 @@ def test_macro_auroc_is_sklearns_one_vs_rest_mean(classes: int, records: int, de
         scores = rng.dirichlet(np.ones(classes), records) + 0.3 * np.eye(classes)[labels]
         if decimals is not None:
             scores = np.round(scores, decimals)
-        reference = [roc_auc_score(labels == c, scores[:, c]) for c in range(classes) if 0 < (labels == c).sum() < records]
+        reference = [roc_auc_score(labels == c, scores[:, c]) for c in range(classes)
+                     if 0 < (labels == c).sum() < records]
         assert macro_auroc(scores, labels) == pytest.approx(np.mean(reference), abs=1e-12)
 
 

@@ -20,7 +20,7 @@ from ecg_tune.benchmarks.common import machine_info, results_path, thin
 from ecg_tune.data import Dataset
 from ecg_tune.data.sources import LabelColumn
 
-Kind = Literal["pipeline", "search", "overhead", "gpu", "quality", "portfolio"]
+Kind = Literal["pipeline", "search", "overhead", "gpu", "quality", "portfolio", "steadiness", "resample"]
 # CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cinc2017" / "training2017"
 # Records in play for --quick: enough for every code path, small enough for minutes.
@@ -51,6 +51,11 @@ class BenchmarkOptions(BaseModel):
     search_budget: float | None = Field(None, gt=0)
     search_trials: int | None = Field(None, ge=1)
     kernels: int | None = Field(None, ge=1)
+    starts: list[int] | None = None  # steadiness: indices into full's start: list
+    variants: list[str] | None = None  # steadiness
+    resamples: int | None = Field(None, ge=1)  # resample: re-splits (seeds first_seed, first_seed + 1, ...)
+    first_seed: int | None = Field(None, ge=0)
+    ensemble: int | None = Field(None, ge=1)  # resample: --ensemble of each search
 
     @field_validator("records")
     @classmethod
@@ -143,6 +148,37 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
 
         result = run_gpu_benchmark(dataset(), max_epochs=1 if quick else 2)
         table = gpu_table(result)
+    elif options.benchmark == "steadiness":
+        from ecg_tune.benchmarks import steadiness
+
+        data = dataset()
+        if not quick and options.records:
+            data = thin(data, options.records)
+        partial = results_path(out, "steadiness", stamp, ".json")
+
+        def write_steadiness(so_far: dict) -> None:
+            partial.write_text(json.dumps({"machine": machine_info(), "source": source, "quick": quick, **so_far},
+                                          indent=2, default=_plain))
+
+        result = steadiness.run_steadiness_benchmark(
+            data, epochs=3 if quick else options.max_epochs or 20, seeds=1 if quick else options.seeds or 3,
+            starts=options.starts, variants=options.variants, on_run=write_steadiness)
+        table = steadiness.table(result)
+    elif options.benchmark == "resample":
+        from ecg_tune.benchmarks import resample
+
+        partial = results_path(out, "resample", stamp, ".json")
+
+        def write_resample(so_far: dict) -> None:
+            partial.write_text(json.dumps({"machine": machine_info(), "source": source, "quick": quick, **so_far},
+                                          indent=2, default=_plain))
+
+        result = resample.run_resample_benchmark(
+            data_options.load(), (Path("runs") / f"benchmark-resample-{stamp}").resolve(),
+            resamples=1 if quick else options.resamples or 5, budget=30.0 if quick else options.budget or 420.0,
+            ensemble=options.ensemble or 5, first_seed=options.first_seed or 0, cpus=_all_cpus(),
+            on_run=write_resample)
+        table = resample.table(result)
     elif options.benchmark == "portfolio":
         from ecg_tune.benchmarks import portfolio
 
