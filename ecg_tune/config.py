@@ -63,9 +63,15 @@ class TrainConfig(BaseModel):
     lr: float = 1e-3
     weight_decay: float = 1e-4
     class_weighting: Literal["none", "balanced"] = "none"
-    lr_scheduler: Literal["none", "plateau"] = "none"
+    # plateau: ReduceLROnPlateau on val_loss; cosine: from lr down to lr * cosine_floor over the
+    # epochs, one rate per epoch (training/loop.py)
+    lr_scheduler: Literal["none", "plateau", "cosine"] = "none"
     plateau_factor: float = 0.5
     plateau_patience: int = 3
+    cosine_floor: float = 0.01
+    # > 0: validate and deliver an exponential moving average of the weights, updated after every
+    # step with this decay (training/loop.py); 0: the trained weights themselves
+    ema_decay: float = 0.0
     early_stop_patience: int = 0  # 0: train all epochs
     # evaluation: windows of input_length over each record, overlapping by this fraction
     window_overlap: float = 0.5
@@ -113,6 +119,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"window_overlap must be in [0, 1), got {self.window_overlap}")
         if not 0 < self.plateau_factor < 1:
             raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
+        for key in ("cosine_floor", "ema_decay"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         return self
 
     def options_for(self, key: str) -> PartOptions:

@@ -60,7 +60,7 @@ def run_steadiness_benchmark(dataset: Dataset, epochs: int = 20, seeds: int = 3,
 
     facts = DataFacts.from_dataset(dataset)
     space = adapt(load_space("full"), facts)
-    metric = ranking_metric(dataset.classes)
+    metric = ranking_metric(dataset.records.classes)
     validation = choose_validation(dataset, "auto", seed=0)
     points = [(i, p) for i, p in enumerate(space.start) if p.get("model") != "minirocket"]  # minirocket: no epochs
     if starts is not None:

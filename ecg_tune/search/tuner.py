@@ -181,11 +181,12 @@ def _scheduler(plan: Plan) -> Any:
     if plan.scheduler == "fifo":
         return FIFOScheduler()
     # The scheduler's own metric: its rungs may rank by another key than the search (search/rungs.py).
-    ranked = {"metric": plan.rung_metric or plan.metric, "mode": direction(plan.rung_metric or plan.metric)}
+    metric = plan.rung_metric or plan.metric
     if plan.fidelity == "time":
         # max_t only bounds the rungs: max_epochs (the trainable's) or the budget ends a trial.
         return RungASHA(time_attr="time_total_s", max_t=int(max(plan.time_budget or 0.0, 24 * 3600.0)),
                         grace_period=max(1, round(plan.grace_seconds)), reduction_factor=plan.reduction_factor,
-                        **ranked)
+                        metric=metric, mode=direction(metric))
     return RungASHA(time_attr=TRAINING_ITERATION, max_t=plan.max_epochs,
-                    grace_period=plan.grace_period, reduction_factor=plan.reduction_factor, **ranked)
+                    grace_period=plan.grace_period, reduction_factor=plan.reduction_factor,
+                    metric=metric, mode=direction(metric))

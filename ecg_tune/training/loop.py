@@ -10,6 +10,19 @@ in-memory `TensorData`; augmentation and the input transform run batched on the 
 Randomness is derived from (seed, epoch), so a run resumed at epoch k draws the same batches and
 augmentations as the uninterrupted run would have.
 
+An epoch's learning rate comes from the first of: the caller's `lr_schedule` (the refit replaying
+a trial's rates); `lr_scheduler: cosine`, a rate derived from the epoch index alone (so a resumed
+run gets the same ones), annealed from `lr` towards `lr * cosine_floor` over `epochs`; `plateau`,
+ReduceLROnPlateau on val_loss; else `lr`.
+
+With `ema_decay` > 0 the loop also keeps an exponential moving average of the model's weights and
+buffers (`WeightAverage`), updated after every optimiser step, and that average is what the epoch
+is validated with (its val_loss drives the plateau scheduler and early stopping), what a fitted
+head is fitted on and what `EpochResult.network` is: the trial is ranked by, and the refit
+delivers, the steadier averaged weights. The checkpoint keeps the raw
+weights (what training continues from) and the average beside them. A model trained by no step
+(an `ONLY_EPOCH` head) has nothing to average.
+
 A model marked `needs_data_init` (minirocket) first fits what it takes from the data (biases,
 feature scaling) on a fixed, seeded sample of training records, unless the run is resumed.
 
@@ -27,6 +40,8 @@ The head's figures (`summary()`) join the epoch's metrics and its bytes the chec
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ecg_tune.config import TrainConfig
 from ecg_tune.data.tensors import TensorData
@@ -52,13 +68,15 @@ _INIT_STREAM = 0x1D17
 # The checkpoint key of the fitted head's bytes: named when cnn_svm's SVM stage was the only such
 # head, and kept so that checkpoints written since still resume.
 _HEAD_KEY = "svm"
+# The checkpoint key of the weight average (`WeightAverage.state`); older checkpoints lack it.
+_EMA_KEY = "ema"
 
 
 @dataclass
 class EpochResult:
     epoch: int  # 1-based: the number of epochs trained so far
     metrics: dict
-    network: Network
+    network: Network  # what the epoch was validated with: the weight average when one is kept
     head: FittedHead | None  # the model's fitted head, once fitted (models/head.py)
     _state: dict = field(repr=False, default_factory=dict)
     # The class probabilities the epoch's validation metrics were scored on, one row per record
@@ -69,6 +87,60 @@ class EpochResult:
     def state(self) -> dict:
         """Everything needed to resume after this epoch (tensors, numbers and bytes only)."""
         return self._state
+
+
+class WeightAverage:
+    """An exponential moving average of a network's model: every float parameter and buffer
+    (BatchNorm's running statistics too) moves as avg = decay * avg + (1 - decay) * w after each
+    optimiser step, the first update copying w (as torch.optim.swa_utils' EMA does: the random
+    initial weights never enter the average). Integer and boolean buffers (BatchNorm's batch count,
+    minirocket's dilations) are copied: swa_utils' AveragedModel(use_buffers=True) averages them in
+    floats and truncates, which turns minirocket's constant dilation 7 into 6.
+
+    `network` is the average as a `Network` in eval mode: the same transform (it has no weights,
+    only constant buffers worth sharing), a copy of the model."""
+
+    def __init__(self, network: Network, decay: float) -> None:
+        self.updates = 0
+        self._lerp = get_ema_multi_avg_fn(decay)  # avg += (1 - decay) * (w - avg): one foreach lerp
+        model = copy.deepcopy(network.model).requires_grad_(False)
+        self.network = Network(network.transform, model, network.input_length).eval()
+        # (average, live) lists of aliases of the tensors, gathered once: a step's update is then
+        # one foreach kernel, with no per-step walk over the modules.
+        self._averaged: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._copied: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        for average, live in zip(_tensors(model), _tensors(network.model), strict=True):
+            into = self._averaged if average.is_floating_point() or average.is_complex() else self._copied
+            into[0].append(average)
+            into[1].append(live)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the network's current weights (after an optimiser step)."""
+        if self.updates:
+            self._lerp(*self._averaged, None)
+        else:
+            _copy(*self._averaged)
+        _copy(*self._copied)
+        self.updates += 1
+
+    def state(self) -> dict:
+        """The average's weights and update count (pass back to `load`)."""
+        return {"network": self.network.state_dict(), "updates": self.updates}
+
+    def load(self, state: dict) -> None:
+        """Continue from a `state()`."""
+        self.network.load_state_dict(state["network"])
+        self.updates = int(state["updates"])
+
+
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [t.detach() for t in (*module.parameters(), *module.buffers())]
+
+
+def _copy(into: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    for target, value in zip(into, values, strict=True):
+        target.copy_(value)
 
 
 def resolve_input_length(config: TrainConfig, data: TensorData, train_index: np.ndarray) -> int:
@@ -89,10 +161,14 @@ def fit(
     lr_schedule: list[float] | None = None,
     head_last_epoch_only: bool = False,
 ) -> Iterator[EpochResult]:
-    """Train `config` on the records at `train_index`, validating on `val_index` each epoch.
+    """Train `config` on the records at `train_index`, validating on `val_index` each epoch;
+    with `ema_decay` > 0, validating (and yielding as `network`) the weights' moving average.
 
-    lr_schedule: learning rate per epoch to replay instead of ReduceLROnPlateau (the refit, which
-    has no validation data left, replays what the trial used). val_index may then be empty.
+    resume: a yielded `state()`, to continue after its epoch as the run would have (one written
+    before the weight average existed resumes too: the average then starts afresh).
+    lr_schedule: learning rate per epoch to replay instead of the config's scheduler, which it
+    overrides whatever it is (the refit, which has no validation data left, replays what the
+    trial used; the number of epochs is then its length). val_index may then be empty.
     head_last_epoch_only: fit an every-epoch fitted head after the last epoch only (the refit,
     which reports no per-epoch validation, needs just the final one).
     """
@@ -138,10 +214,17 @@ def fit(
         head_fit = HeadFit.LAST_EPOCH
     if head_fit is HeadFit.ONLY_EPOCH:
         epochs = min(epochs, 1)  # the one fit is the whole run
+    average = None
+    if config.ema_decay > 0 and head_fit is not HeadFit.ONLY_EPOCH:
+        average = WeightAverage(network, config.ema_decay)
+        if resume and resume.get(_EMA_KEY):
+            average.load(resume[_EMA_KEY])
+    scored = network if average is None else average.network  # validated, head-fitted, yielded
     for epoch in range(start_epoch, epochs):
-        if lr_schedule is not None:
+        rate = lr_schedule[epoch] if lr_schedule is not None else _scheduled_rate(config, epoch)
+        if rate is not None:
             for group in optimizer.param_groups:
-                group["lr"] = lr_schedule[epoch]
+                group["lr"] = rate
         lr_used = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         fitted: FittedHead | None = None
@@ -150,18 +233,18 @@ def fit(
             train_loss, seen = float(log_loss(fitted.predict_proba(features), window_labels)), len(window_labels)
         else:
             train_loss, seen = _train_epoch(config, network, optimizer, criterion, augmenter, signals,
-                                            lengths, scale, labels, train_index, epoch, device)
+                                            lengths, scale, labels, train_index, epoch, device, average)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr_used,
                    "train_samples_per_s": seen / max(train_seconds, 1e-9)}
         if head_fit is HeadFit.EVERY_EPOCH or (head_fit is HeadFit.LAST_EPOCH and epoch + 1 == epochs):
-            fitted, _, _ = _fit_head(config, network, data, train_index, epoch, device)
+            fitted, _, _ = _fit_head(config, scored, data, train_index, epoch, device)
         if fitted is not None:
             head = fitted
             metrics.update(head.summary())
         val_probabilities = None
         if len(val_index):
-            scores, val_probabilities = _validate(config, network, head, data, val_index, device)
+            scores, val_probabilities = _validate(config, scored, head, data, val_index, device)
             metrics.update(scores)
             if plateau is not None:
                 plateau.step(metrics["val_loss"])
@@ -178,10 +261,20 @@ def fit(
             "lr_history": list(history),
             "input_length": input_length,
             _HEAD_KEY: head.to_bytes() if head is not None else None,
+            _EMA_KEY: average.state() if average is not None else None,
         }
-        yield EpochResult(epoch + 1, metrics, network, head, state, val_probabilities)
+        yield EpochResult(epoch + 1, metrics, scored, head, state, val_probabilities)
         if early.stop:
             break
+
+
+def _scheduled_rate(config: TrainConfig, epoch: int) -> float | None:
+    """The rate of the 0-based `epoch` under a schedule fixed in advance, from the epoch index
+    alone; None when the optimiser's own rate stands (constant, or the plateau scheduler's)."""
+    if config.lr_scheduler != "cosine":
+        return None
+    floor = config.lr * config.cosine_floor
+    return floor + (config.lr - floor) * (1 + math.cos(math.pi * epoch / config.epochs)) / 2
 
 
 def _initialise_model(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
@@ -223,7 +316,8 @@ def _fit_head(config: TrainConfig, network: Network, data: TensorData, train_ind
 def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.Optimizer,
                  criterion: nn.Module, augmenter: BatchAugmenter, signals: torch.Tensor,
                  lengths: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor,
-                 train_index: np.ndarray, epoch: int, device: torch.device) -> tuple[float, int]:
+                 train_index: np.ndarray, epoch: int, device: torch.device,
+                 average: WeightAverage | None) -> tuple[float, int]:
     network.train()
     torch.manual_seed(config.seed * 100_003 + epoch)  # dropout, reproducible per epoch
     order = np.random.default_rng([config.seed, epoch]).permutation(train_index)
@@ -248,6 +342,8 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
         if config.normalisation == "none":
             x.mul_(scale[rows, None].to(device))
         total += train_step(network, optimizer, criterion, x, labels[rows].to(device)) * len(rows)
+        if average is not None:
+            average.update()
         seen += len(rows)
     return total / max(seen, 1), seen
 
