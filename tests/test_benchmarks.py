@@ -350,3 +350,38 @@ def test_steadiness_benchmark_quick_end_to_end(tmp_path: Path) -> None:
     assert {r["variant"] for r in result["runs"]} == {"constant", "cosine", "ema", "cosine_ema"}
     assert all(len(r["curve"]) == 3 for r in result["runs"])
     assert all(r["ema_decay"] for r in result["runs"] if "ema" in r["variant"])
+
+
+def test_first_rung_outcomes_pool_a_seeds_runs_to_find_what_a_rung_cut(tmp_path: Path) -> None:
+    from ecg_tune.benchmarks.search import first_rung_outcomes
+
+    def trials(name: str, rows: list[tuple]) -> dict:
+        folder = tmp_path / name
+        folder.mkdir()
+        pd.DataFrame(rows, columns=["trial_id", "status", "epochs", "config/model", "config/lr",
+                                    "best/val_cinc_f1"]).to_csv(folder / "trials.csv", index=False)
+        return {"strategy": name.split("-")[0], "seed": 0, "metric": "val_cinc_f1", "folder": str(folder)}
+
+    # The same three configurations in both runs (seeded proposals); "metric" stops x at its first
+    # rung (epoch 2), "auroc" trains it to 0.8; "z" was cut by the budget at epoch 1, not by a rung.
+    runs = [trials("metric-seed0", [("a", "completed", 30, "resnet1d", 0.002, 0.79),
+                                    ("b", "stopped", 2, "simple_cnn", 0.001, 0.25),
+                                    ("c", "stopped", 1, "ecg_cnn", 0.003, 0.24)]),
+            trials("auroc-seed0", [("d", "completed", 30, "resnet1d", 0.002, 0.78),
+                                   ("e", "completed", 20, "simple_cnn", 0.001, 0.80),
+                                   ("f", "stopped", 2, "ecg_cnn", 0.003, 0.26)])]
+    outcomes = first_rung_outcomes(runs, first_rung=2, floor=0.30, top=2)
+    assert outcomes["metric"] == {"trials": 3, "stopped_at_first_rung": 1, "top_started": 2,
+                                  "top_stopped_at_first_rung": 1, "above_floor": 1, "seeds": 1}
+    assert outcomes["auroc"] == {"trials": 3, "stopped_at_first_rung": 1, "top_started": 2,
+                                 "top_stopped_at_first_rung": 0, "above_floor": 2, "seeds": 1}
+
+
+def test_majority_floor_is_the_majority_class_score_plus_a_margin(small) -> None:
+    from ecg_tune.benchmarks.search import FLOOR_MARGIN, majority_floor
+
+    labels = small.tensors.labels
+    majority = np.bincount(labels[small.index("train")]).argmax()
+    accuracy = np.mean(labels[small.index("val")] == majority)
+    assert majority_floor(small, "val_accuracy") == pytest.approx(accuracy + FLOOR_MARGIN)
+    assert np.isnan(majority_floor(small, "val_f1_nonexistent"))

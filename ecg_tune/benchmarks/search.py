@@ -16,6 +16,7 @@ any trial had reported by each moment of the run.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -77,6 +78,8 @@ def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0
                          "trials": len(histories), "epochs": int(sum(len(h) for h in histories.values())),
                          "curve_s": times.tolist(), "curve_best": best.tolist(),
                          "final_best": value_at(times, best, budget), "folder": str(result.run.path),
+                         "first_rung": result.plan.grace_period if result.plan.scheduler == "asha" else 0,
+                         "floor": majority_floor(dataset, metric),
                          # each trial's epochs and best value: which trials a rung stopped, and how good
                          "per_trial": [{"trial": trial, "epochs": len(history),
                                         "best": best_value(metric, history[metric])}
@@ -90,8 +93,9 @@ def run_search_benchmark(dataset: Dataset, runs_dir: Path, budget: float = 300.0
 
 
 def _result(runs: list[dict], budget: float, seeds: int, strategies: list[str], complete: bool) -> dict:
+    first_rung = first_rung_outcomes(runs, runs[0]["first_rung"], runs[0]["floor"]) if runs else {}
     return {"budget_s": budget, "seeds": seeds, "strategies": {n: STRATEGIES[n]["label"] for n in strategies},
-            "complete": complete, "runs": runs, "summary": summarise(runs, budget)}
+            "complete": complete, "runs": runs, "summary": summarise(runs, budget), "first_rung": first_rung}
 
 
 def summarise(runs: list[dict], budget: float) -> dict:
@@ -110,6 +114,77 @@ def summarise(runs: list[dict], budget: float) -> dict:
         reach = [_time_to(r, target) for r in group] if target is not None else []
         summary[name] = _spread(values, at, group, reach)
     return summary
+
+
+# A trial must beat the majority-class predictor's validation score by this much to count as having
+# learned something the metric sees (first_rung_outcomes).
+FLOOR_MARGIN = 0.05
+
+
+def majority_floor(dataset: Dataset, metric: str) -> float:
+    """The validation score of always predicting the training part's most common class, plus
+    FLOOR_MARGIN in the metric's better direction."""
+    from ecg_tune.training.metrics import classification_metrics
+
+    labels = dataset.tensors.labels
+    assert labels is not None  # a prepared dataset is labelled
+    majority = np.bincount(labels[dataset.index("train")]).argmax()
+    truth = labels[dataset.index("val")]
+    scores = classification_metrics(truth, np.full(len(truth), majority), dataset.records.classes, prefix="val_")
+    if metric not in scores:
+        return float("nan")
+    return float(scores[metric]) + (FLOOR_MARGIN if better(metric, 1.0, 0.0) else -FLOOR_MARGIN)
+
+
+def first_rung_outcomes(runs: list[dict], first_rung: int, floor: float, top: int = 5) -> dict[str, dict]:
+    """What each strategy's first rung did, from the runs' trials.csv files.
+
+    Seeded TPE proposes the same configurations at first in every strategy of a seed (its random
+    start-up, the start points), so a configuration one strategy stopped at its first rung may
+    have trained on in another: pooling a seed's runs gives each configuration the best value any
+    run saw (`eventual`). Per strategy, means over seeds of: trials started; trials stopped at or
+    after `first_rung` epochs; of the seed's `top` configurations by eventual value, how many the
+    strategy started and then stopped at its first rung; trials whose best beat `floor` (e.g. the
+    majority-class predictor's score plus a margin: a trial at or below it never learned anything
+    the metric sees)."""
+    import pandas as pd
+
+    tables: dict[tuple[str, int], pd.DataFrame] = {}
+    for run in runs:
+        path = Path(run["folder"]) / "trials.csv"
+        if path.is_file():
+            table = pd.read_csv(path)
+            columns = sorted(c for c in table.columns if c.startswith("config/"))
+            table["key"] = [json.dumps({c: _plain_value(row[c]) for c in columns if pd.notna(row[c])}, sort_keys=True)
+                            for _, row in table.iterrows()]
+            tables[(run["strategy"], run["seed"])] = table
+    metric = runs[0]["metric"] if runs else ""
+    best_column = f"best/{metric}"
+    sign = 1.0 if better(metric, 1.0, 0.0) else -1.0
+    per_strategy: dict[str, list[dict]] = {}
+    for seed in sorted({seed for _, seed in tables}):
+        pooled = pd.concat([t for (_, s), t in tables.items() if s == seed])
+        eventual = (sign * pooled.groupby("key")[best_column].max()).sort_values(ascending=False)
+        leaders = set(eventual.index[:top])
+        for (name, s), table in tables.items():
+            if s != seed:
+                continue
+            # exactly at the rung: a trial the time budget cut earlier was not stopped by a rung
+            early = table[(table["status"] == "stopped") & (table["epochs"] == first_rung)]
+            per_strategy.setdefault(name, []).append({
+                "trials": len(table), "stopped_at_first_rung": len(early),
+                "top_started": int(table["key"].isin(leaders).sum()),
+                "top_stopped_at_first_rung": int(early["key"].isin(leaders).sum()),
+                "above_floor": int((sign * table[best_column] > sign * floor).sum())})
+    return {name: {key: float(np.mean([o[key] for o in outcomes])) for key in outcomes[0]} | {"seeds": len(outcomes)}
+            for name, outcomes in per_strategy.items()}
+
+
+def _plain_value(value: object) -> object:
+    """A config cell as a JSON value that compares equal across files (floats rounded)."""
+    if isinstance(value, float):
+        return round(value, 12)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _spread(values: np.ndarray, at: list[float], group: list[dict], reach: list) -> dict:
@@ -148,6 +223,14 @@ def table(result: dict) -> str:
         reach = ", ".join("never" if t is None else f"{t:.0f}" for t in s["seconds_to_seed_grid_final"])
         rows.append(f"| {result['strategies'][name]} | " + " | ".join(cells) +
                     f" | {s['trials_mean']:.1f} | {s['epochs_mean']:.0f} | {reach} |")
+    rungs = result.get("first_rung") or {}
+    if rungs:
+        rows += ["", "| strategy | trials | stopped at the first rung | of the seed's top 5: started | "
+                     "of those: stopped at the first rung | trials above the majority-class score + 0.05 |",
+                 "|---|---|---|---|---|---|"]
+        rows += [f"| {result['strategies'][name]} | {o['trials']:.1f} | {o['stopped_at_first_rung']:.1f} | "
+                 f"{o['top_started']:.1f} | {o['top_stopped_at_first_rung']:.1f} | {o['above_floor']:.1f} |"
+                 for name, o in rungs.items()]
     return "\n".join([head, *rows])
 
 
