@@ -26,6 +26,11 @@ class ConfigError(EcgTuneError):
     """A configuration value, space file or option that cannot work."""
 
 
+class OutOfGpuMemory(EcgTuneError):
+    """A trial's model and batches did not fit in the GPU memory it was given: its one-line
+    failure, naming the config and what to lower (the same config fails the same way again)."""
+
+
 class SearchInterrupted(EcgTuneError):
     """A search stopped before its end (Ctrl-C, SIGUSR1, low disk space) with its state saved for
     --resume; the CLI exits with 130, as for an interrupt."""

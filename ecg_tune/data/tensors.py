@@ -8,13 +8,16 @@ normalisation once here, not per batch, keeps it off the training step (about 40
 CinC-sized batch when done per batch on this CPU).
 
 The arrays are plain numpy so that a search puts them in Ray's object store once and every trial
-reads them without a copy; `torch.from_numpy` views them.
+reads them without a copy; `torch.from_numpy` views them. A training device that keeps the matrix
+(training/device.py's `device_views`) holds its copy in `device_copies`, once per `TensorData`
+(a trial's folds share it); it is never pickled.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +34,13 @@ class TensorData:
     classes: list[str]
     record_ids: list[str]
     fs: float | None = None
+    # (signals, scale) copied to a training device, by device (training/device.py's
+    # `device_views`); never pickled: a copy sent to another process moves them again there.
+    device_copies: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "device_copies": {}}
 
     def __len__(self) -> int:
         return len(self.lengths)

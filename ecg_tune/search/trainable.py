@@ -21,6 +21,11 @@ folder), then resumes from the newest older checkpoint Tune still keeps (`--keep
 above 1), else starts again from epoch 1. Each result carries its epoch as `training_iteration`
 so ASHA's rungs, Optuna's steps and the exported best epoch stay the loop's epochs after such a
 step back (Tune's own counter would continue from the lost checkpoint's epoch).
+
+A trial on a GPU share that runs out of CUDA memory ends with one line (`OutOfGpuMemory`: its
+model, input length and batch size, its share, what to change) instead of torch's traceback; the
+search goes on (`out_of_memory_as_failure`). The trial's device and memory cap are
+training/device.py's.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -38,10 +47,12 @@ import numpy as np
 import torch
 from ray import tune
 
-from ecg_tune.config import make_config
+from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data.tensors import TensorData
+from ecg_tune.errors import OutOfGpuMemory
 from ecg_tune.runs import TrialPredictions
 from ecg_tune.storage import CHECKPOINT_NAME, checkpoint_folders
+from ecg_tune.training.device import gpu_share
 from ecg_tune.training.folds import Fold, FoldsEpoch, fit_folds
 from ecg_tune.training.metrics import better, ranking_metric
 from ecg_tune.training.reported import TRAINING_ITERATION
@@ -54,6 +65,14 @@ GRID_KEY = "grid_point"
 # The Parquet schema metadata key of PREDICTIONS_FILE that names the metric and its value at the
 # saved epoch (what a resumed trial compares its next epochs with).
 _RANKED_KEY = b"ecg_tune.ranked"
+# In the trial's working folder on its node: the line of the trial's CUDA out-of-memory, which a
+# retry of the trial there fails with at once (see `out_of_memory_as_failure`).
+OOM_MARK = "cuda_out_of_memory.txt"
+# For tests only: a CUDA out-of-memory cannot be caused without a GPU, and a test's monkeypatch
+# does not reach Ray's worker processes (they inherit the environment the cluster started with).
+# A trial whose config has KEY=VALUE (this variable's value, e.g. "batch_size=64") raises torch's
+# out-of-memory error as it starts training.
+OOM_HOOK = "ECG_TUNE_TEST_CUDA_OOM"
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +95,66 @@ def train_trial(config: dict, data: TensorData, folds: Sequence[Fold], max_epoch
     keeps (None: the data's default, `ranking_metric`)."""
     train_config = make_config(trial_config(config, max_epochs, seed), where="trial config")
     metric = metric or ranking_metric(data.classes)
-    resume, best = restore_state(tune.get_checkpoint(), len(folds), metric)
-    for result in fit_folds(train_config, data, folds, resume=resume):
-        best = BestPredictions.keep(best, metric, result, data)
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(result.state(), Path(folder) / STATE_FILE)
-            if best is not None:
-                (Path(folder) / PREDICTIONS_FILE).write_bytes(best.content)
-            tune.report(report_metrics(result.metrics, result.epoch),
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+    with out_of_memory_as_failure(train_config):
+        resume, best = restore_state(tune.get_checkpoint(), len(folds), metric)
+        for result in fit_folds(train_config, data, folds, resume=resume):
+            best = BestPredictions.keep(best, metric, result, data)
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(result.state(), Path(folder) / STATE_FILE)
+                if best is not None:
+                    (Path(folder) / PREDICTIONS_FILE).write_bytes(best.content)
+                tune.report(report_metrics(result.metrics, result.epoch),
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+@contextmanager
+def out_of_memory_as_failure(config: TrainConfig) -> Iterator[None]:
+    """A CUDA out-of-memory inside as the trial's one-line failure, `OutOfGpuMemory`
+    (`out_of_memory_message`), the one Tune records for it (error.txt, the errored trial).
+
+    Tune retries an errored trial from its checkpoint up to FailureConfig's max_failures and has
+    no public way to exempt an error from that, though the same config runs out of memory again.
+    So the line is noted in the trial's working folder on its node (OOM_MARK), and a retry that
+    finds it there fails with it at once, training nothing; a retry on another node (maybe with
+    a larger GPU) tries again."""
+    folder = _trial_folder()
+    mark = None if folder is None else folder / OOM_MARK
+    if mark is not None and mark.is_file():
+        raise OutOfGpuMemory(mark.read_text(encoding="utf-8"))
+    try:
+        key, _, value = os.environ.get(OOM_HOOK, "").partition("=")
+        if key and str(getattr(config, key, None)) == value:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 1.00 GiB ({OOM_HOOK})")
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        error = OutOfGpuMemory(out_of_memory_message(config, gpu_share(), exc))
+        if mark is not None:
+            try:
+                mark.write_text(str(error), encoding="utf-8")
+            except OSError as unwritable:  # only costs a retry that trains until the same failure
+                logger.warning("could not write %s: %s", mark, unwritable)
+        raise error from exc
+
+
+def out_of_memory_message(config: TrainConfig, share: float | None, error: BaseException) -> str:
+    """The line a trial of `config` given `share` GPUs (None: not a Ray worker) fails with when
+    CUDA memory runs out (`error`: torch's, whose allocation size it quotes)."""
+    length = config.input_length if config.input_length is not None else "auto (the median record length)"
+    tried = re.search(r"Tried to allocate (\S+ \S+?B)", str(error))
+    quoted = f" (allocating {tried[1]})" if tried else ""
+    what = f"model {config.model}, input_length {length}, batch_size {config.batch_size}"
+    if share is None or share >= 1:
+        return f"CUDA out of memory{quoted} training {what} on its GPU: lower batch_size or input_length"
+    return (f"CUDA out of memory{quoted} training {what} on a {share:g} share of a GPU: lower batch_size or "
+            f"input_length, or give each trial more of the GPU (--gpus-per-trial {min(1.0, 2 * share):g})")
+
+
+def _trial_folder() -> Path | None:
+    """The trial's working folder on its node; None outside a Tune trial (one driven directly)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Tune warns that it returns None there: None is the answer
+        folder = tune.get_context().get_trial_dir()
+    return Path(folder) if folder else None
 
 
 @dataclass(frozen=True)
