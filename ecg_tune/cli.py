@@ -340,7 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     resample.add_argument("--budget", type=float, default=420.0, metavar="SECONDS",
                           help="time budget of each search (default 420)")
     resample.add_argument("--ensemble", type=int, default=5, metavar="K", help="--ensemble of each search (default 5)")
-    for kind in (pipeline, strategies, overhead, gpu, quality, portfolio, steadiness, resample):
+    precision = kinds.add_parser("precision", help="epoch time in fp32, bf16 and auto per model family on full's "
+                                                   "start-point shapes, one thread (--accuracy: fp32 against bf16 "
+                                                   "best validation scores of start point A)")
+    precision.add_argument("--records", type=int, default=0,
+                           help="a stratified subset of this many records (default 0: all)")
+    precision.add_argument("--rounds", type=int, default=1, help="timed runs per case and precision (median)")
+    precision.add_argument("--accuracy", action="store_true",
+                           help="also train start point A in fp32 and bf16 for --seeds x --max-epochs")
+    precision.add_argument("--seeds", type=int, default=3, help="--accuracy: seeds per precision (default 3)")
+    precision.add_argument("--max-epochs", type=int, default=20, help="--accuracy: epochs per run (default 20)")
+    for kind in (pipeline, strategies, overhead, gpu, quality, portfolio, steadiness, resample, precision):
         kind.add_argument("--data", default=None,
                           help="data source (default: ../shared/data/cinc2017/training2017 beside the "
                                "checkout when present, else synthetic)")

@@ -16,9 +16,11 @@ It reuses the training loop (replaying the learning rate each trial used at each
 validation data is left for ReduceLROnPlateau) and the network building of the trainable. A
 cross-validated search's trial reported the fold mean per epoch: the refit trains for the epoch
 where that mean peaked, replaying the median rate of the folds (training/folds.py). Each model
-trains as a Ray task with the trials' resource rules, so it also works on a remote cluster, and
-several models train at once when the cluster has CPUs for them; their progress lines come back
-through one Ray queue, tagged by trial when there are several.
+also replays the precision its trial's steps ran in (`ran_in`: fp32 or bf16, never a new `auto`
+decision), in the config it trains, so report.json and the bundle's config.json say what ran.
+Each model trains as a Ray task with the trials' resource rules, so it also works on a remote
+cluster, and several models train at once when the cluster has CPUs for them; their progress
+lines come back through one Ray queue, tagged by trial when there are several.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data import Dataset, prepare
 from ecg_tune.errors import EcgTuneError
 from ecg_tune.runs import BestConfig, EnsembleRecord, RunFolder, TrialTable
-from ecg_tune.training.reported import TRAINING_ITERATION
+from ecg_tune.training.precision import reported_precision
+from ecg_tune.training.reported import BF16, TRAINING_ITERATION
 
 
 class RefitOptions(BaseModel):
@@ -198,6 +201,13 @@ def lr_schedule_of(run: RunFolder, best: BestConfig) -> list[float]:
     return [float(best.config.get("lr", 1e-3))] * best.epoch
 
 
+def ran_in(trial: BestConfig) -> str:
+    """The precision a trial's steps ran in, to replay: its complete config holds it (the export
+    writes the winner's reported `bf16` into best_config.json, `_member_trial` a member's from
+    trials.csv); a config without one is from before the option, when every trial ran in fp32."""
+    return str(trial.config.get("precision", "fp32"))
+
+
 @dataclass(frozen=True)
 class RefitModel:
     """One model the refit trains: a member of the delivered model, the single best trial, or both."""
@@ -242,7 +252,8 @@ def refit_setup(run: RunFolder) -> RefitSetup:
     its data and split, and the epochs to train."""
     best = run.best()
     lr_schedule = lr_schedule_of(run, best)
-    config = make_config({**best.config, "epochs": len(lr_schedule)}, where=str(run.best_config_path))
+    config = make_config({**best.config, "epochs": len(lr_schedule), "precision": ran_in(best)},
+                         where=str(run.best_config_path))
     dataset = prepare(best.data, split_file=run.split_path, seed=config.seed, split_digest=best.split_digest)
     train_index, test_index = dataset.index("train", "val"), dataset.index("test")
     config = _lift_record_caps(config, len(train_index))
@@ -257,7 +268,8 @@ def refit_setup(run: RunFolder) -> RefitSetup:
         assert table is not None  # read above, as there is a member other than the best
         trial = _member_trial(best, table, trial_id, where=str(run.ensemble_path))
         schedule = lr_schedule_of(run, trial)
-        member = make_config({**trial.config, "epochs": len(schedule)}, where=f"{run.ensemble_path}: {trial_id}")
+        member = make_config({**trial.config, "epochs": len(schedule), "precision": ran_in(trial)},
+                             where=f"{run.ensemble_path}: {trial_id}")
         models.append(RefitModel(trial, _lift_record_caps(member, len(train_index)), schedule, weight))
     if best.trial_id not in weights:
         models.append(RefitModel(best, config, lr_schedule, 0.0))
@@ -286,6 +298,9 @@ def _member_trial(best: BestConfig, table: TrialTable, trial_id: str, where: str
     # trials.csv leaves out a conditional key the trial did not set (NaN); numpy scalars as Python's.
     values = {str(key): value.item() if isinstance(value, np.generic) else value
               for key, value in table.config.loc[trial_id].items() if not pd.isna(value)}
+    ran = table.final[BF16].get(trial_id) if BF16 in table.final else None
+    if ran is not None and not pd.isna(ran):  # as the export writes the best config's
+        values["precision"] = reported_precision(float(ran))
     score = table.best[best.metric].get(trial_id) if best.metric in table.best else None
     return replace(best, config=trial_config(values, best.config["epochs"], best.config["seed"]), epoch=int(epoch),
                    trial_id=trial_id, metrics={} if score is None or pd.isna(score) else {best.metric: float(score)})

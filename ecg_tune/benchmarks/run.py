@@ -20,11 +20,14 @@ from ecg_tune.benchmarks.common import machine_info, results_path, thin
 from ecg_tune.data import Dataset
 from ecg_tune.data.sources import LabelColumn
 
-Kind = Literal["pipeline", "search", "overhead", "gpu", "quality", "portfolio", "steadiness", "resample"]
+Kind = Literal["pipeline", "search", "overhead", "gpu", "quality", "portfolio", "steadiness", "resample",
+               "precision"]
 # CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cinc2017" / "training2017"
 # Records in play for --quick: enough for every code path, small enough for minutes.
 QUICK_RECORDS = 600
+# `benchmark precision --quick` without --data: synthetic records (its shapes are the configs').
+QUICK_PRECISION_SOURCE = f"synthetic:{QUICK_RECORDS}"
 
 
 class BenchmarkOptions(BaseModel):
@@ -56,6 +59,7 @@ class BenchmarkOptions(BaseModel):
     resamples: int | None = Field(None, ge=1)  # resample: re-splits (seeds first_seed, first_seed + 1, ...)
     first_seed: int | None = Field(None, ge=0)
     ensemble: int | None = Field(None, ge=1)  # resample: --ensemble of each search
+    accuracy: bool = False  # precision: also fp32 against bf16 best validation scores
 
     @field_validator("records")
     @classmethod
@@ -96,6 +100,8 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
             print("benchmark gpu: skipped, this machine has no CUDA device (nothing was measured)")
             return None
     source, quick = options.source, options.quick
+    if options.benchmark == "precision" and quick and options.data is None:
+        source = QUICK_PRECISION_SOURCE
     data_options = DataOptions(source, options.label_column)
 
     def dataset() -> Dataset:
@@ -164,6 +170,18 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
             data, epochs=3 if quick else options.max_epochs or 20, seeds=1 if quick else options.seeds or 3,
             starts=options.starts, variants=options.variants, on_run=write_steadiness)
         table = steadiness.table(result)
+    elif options.benchmark == "precision":
+        from ecg_tune.benchmarks import precision
+
+        data = dataset()
+        if not quick and options.records:
+            data = thin(data, options.records)
+        result = precision.run_precision_benchmark(data, rounds=options.rounds or 1,
+                                                   epochs=1 if quick else precision.EPOCHS)
+        if options.accuracy:
+            result["accuracy"] = precision.run_accuracy(data, seeds=1 if quick else options.seeds or 3,
+                                                        epochs=2 if quick else options.max_epochs or 20)
+        table = precision.table(result)
     elif options.benchmark == "resample":
         from ecg_tune.benchmarks import resample
 

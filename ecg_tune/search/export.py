@@ -5,6 +5,8 @@ may stop it later, and a model is delivered from its best epoch), so the best co
 epoch where the winner peaked. Under cross-validation the metrics are fold means and their
 spreads (`<metric>_std`) come along: a spread's "best" is its value at the epoch where its
 metric was best. Which reported keys become columns is training/reported.py's `exported`. The
+best config holds the precision the winner's steps ran in (reported as `bf16`), not the `auto` it
+may have asked for, so that `ecg-tune train --config best_config.json` repeats the trial. The
 files are written by ecg_tune/runs.py.
 
 Every trial with a best epoch also gets its validation predictions there (predictions/<trial>),
@@ -24,7 +26,8 @@ from ecg_tune.errors import EcgTuneError
 from ecg_tune.runs import BestConfig, RunFolder, TrialPredictions, TrialRecord, TrialStatus
 from ecg_tune.search.trainable import PREDICTIONS_FILE, read_predictions, sampled_values, trial_config
 from ecg_tune.training.metrics import best_index, best_value
-from ecg_tune.training.reported import TRAINING_ITERATION, exported, finished, spread_of
+from ecg_tune.training.precision import reported_precision
+from ecg_tune.training.reported import BF16, TRAINING_ITERATION, exported, finished, is_metric, spread_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +50,11 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
                              config=sampled_values(result.config or {}))
         if epochs:
             numeric = [c for c in history.columns if exported(c) and pd.api.types.is_numeric_dtype(history[c])]
+            ranked = [c for c in numeric if is_metric(c) or spread_of(c) is not None]  # others: final only
             last = history.iloc[-1]
             for column in numeric:
                 record.final[column] = float(last[column])
+            for column in ranked:
                 of = spread_of(column)
                 if of is None:
                     record.best[column] = best_value(column, history[column])
@@ -58,7 +63,7 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
             if metric in history.columns and history[metric].notna().any():
                 peak = history.iloc[best_index(metric, history[metric].to_numpy(float))]
                 record.best_epoch = int(peak[TRAINING_ITERATION])
-                record.peak_metrics = {c: float(peak[c]) for c in numeric}
+                record.peak_metrics = {c: float(peak[c]) for c in ranked}
         records.append(record)
     return records
 
@@ -78,7 +83,10 @@ def write_results(results: Any, run: RunFolder, metric: str, max_epochs: int, se
     records = trial_records(results, metric, max_epochs)
     run.write_trials(records)
     winner = pick_best(records, metric, run.path)
-    best = BestConfig(config=trial_config(winner.config, max_epochs, seed), metrics=winner.peak_metrics,
+    config = trial_config(winner.config, max_epochs, seed)
+    if BF16 in winner.final:  # what its steps ran in, not what it asked (auto): train repeats the trial
+        config["precision"] = reported_precision(winner.final[BF16])
+    best = BestConfig(config=config, metrics=winner.peak_metrics,
                       epoch=int(winner.best_epoch or 0), trial_id=winner.trial_id, metric=metric, data=data,
                       threads=threads, cv=cv, split_digest=split_digest)
     run.write_best(best)  # first: the predictions are extras, the best config is the search's result

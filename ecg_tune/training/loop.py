@@ -23,6 +23,13 @@ delivers, the steadier averaged weights. The checkpoint keeps the raw
 weights (what training continues from) and the average beside them. A model trained by no step
 (an `ONLY_EPOCH` head) has nothing to average.
 
+`precision` (training/precision.py) is resolved once, before the first epoch a run trains (auto
+may time a few steps on a copy of the network: part of the first epoch's `epoch_seconds`),
+reported each epoch as `bf16` (1 or 0) and kept in the checkpoint, so a resumed run keeps it; bf16
+autocasts the model's forward and the loss of each training step and the validation forward;
+everything else (weights, statistics, optimiser, heads and the features they are fitted on)
+stays float32.
+
 A model marked `needs_data_init` (minirocket) first fits what it takes from the data (biases,
 feature scaling) on a fixed, seeded sample of training records, unless the run is resumed.
 
@@ -60,7 +67,8 @@ from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities, window_outputs
 from ecg_tune.training.metrics import classification_metrics, log_loss, macro_auroc
 from ecg_tune.training.network import Network, build_network
-from ecg_tune.training.reported import FINISHED, EarlyStop
+from ecg_tune.training.precision import Precision, StepCost, autocast, decide, fast_bf16, measure
+from ecg_tune.training.reported import BF16, FINISHED, EarlyStop
 
 # Training records `initialise` sees (models with `needs_data_init`), drawn with this stream.
 INIT_RECORDS = 512
@@ -70,6 +78,8 @@ _INIT_STREAM = 0x1D17
 _HEAD_KEY = "svm"
 # The checkpoint key of the weight average (`WeightAverage.state`); older checkpoints lack it.
 _EMA_KEY = "ema"
+# The checkpoint key of the resolved precision; a checkpoint without it ran in fp32.
+_PRECISION_KEY = "precision"
 
 
 @dataclass
@@ -220,6 +230,10 @@ def fit(
         if resume and resume.get(_EMA_KEY):
             average.load(resume[_EMA_KEY])
     scored = network if average is None else average.network  # validated, head-fitted, yielded
+    resolving = time.perf_counter()
+    precision = _resolve_precision(config, network, optimizer, criterion, data, train_index, device, resume,
+                                   stepped=head_fit is not HeadFit.ONLY_EPOCH)
+    setup_seconds = time.perf_counter() - resolving  # auto's measurement: the first epoch's cost
     for epoch in range(start_epoch, epochs):
         rate = lr_schedule[epoch] if lr_schedule is not None else _scheduled_rate(config, epoch)
         if rate is not None:
@@ -233,10 +247,10 @@ def fit(
             train_loss, seen = float(log_loss(fitted.predict_proba(features), window_labels)), len(window_labels)
         else:
             train_loss, seen = _train_epoch(config, network, optimizer, criterion, augmenter, signals,
-                                            lengths, scale, labels, train_index, epoch, device, average)
+                                            lengths, scale, labels, train_index, epoch, device, average, precision)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr_used,
-                   "train_samples_per_s": seen / max(train_seconds, 1e-9)}
+                   "train_samples_per_s": seen / max(train_seconds, 1e-9), BF16: float(precision == "bf16")}
         if head_fit is HeadFit.EVERY_EPOCH or (head_fit is HeadFit.LAST_EPOCH and epoch + 1 == epochs):
             fitted, _, _ = _fit_head(config, scored, data, train_index, epoch, device)
         if fitted is not None:
@@ -244,12 +258,13 @@ def fit(
             metrics.update(head.summary())
         val_probabilities = None
         if len(val_index):
-            scores, val_probabilities = _validate(config, scored, head, data, val_index, device)
+            scores, val_probabilities = _validate(config, scored, head, data, val_index, device, precision)
             metrics.update(scores)
             if plateau is not None:
                 plateau.step(metrics["val_loss"])
             early.update(metrics)
-        metrics["epoch_seconds"] = time.perf_counter() - started
+        metrics["epoch_seconds"] = time.perf_counter() - started + setup_seconds
+        setup_seconds = 0.0
         metrics[FINISHED] = epoch + 1 == epochs or early.stop
         history.append(lr_used)
         state = {
@@ -262,6 +277,7 @@ def fit(
             "input_length": input_length,
             _HEAD_KEY: head.to_bytes() if head is not None else None,
             _EMA_KEY: average.state() if average is not None else None,
+            _PRECISION_KEY: precision,
         }
         yield EpochResult(epoch + 1, metrics, scored, head, state, val_probabilities)
         if early.stop:
@@ -275,6 +291,29 @@ def _scheduled_rate(config: TrainConfig, epoch: int) -> float | None:
         return None
     floor = config.lr * config.cosine_floor
     return floor + (config.lr - floor) * (1 + math.cos(math.pi * epoch / config.epochs)) / 2
+
+
+def _resolve_precision(config: TrainConfig, network: Network, optimizer: torch.optim.Optimizer,
+                       criterion: nn.Module, data: TensorData, train_index: np.ndarray, device: torch.device,
+                       resume: dict | None, stepped: bool) -> Precision:
+    """The run's precision (training/precision.py): a resumed run's own, whatever the device (it
+    continues as it began), else the config's, resolved; auto measures a step on the first
+    `batch_size` training records, fitted to the input length as evaluation fits them."""
+    if resume:
+        return "bf16" if resume.get(_PRECISION_KEY) == "bf16" else "fp32"
+
+    def cost() -> StepCost:
+        assert data.labels is not None  # training data is labelled (checked by fit)
+        rows = torch.as_tensor(train_index[:config.batch_size])
+        signals, lengths, scale = data.torch_views()
+        x = fit_to_length(signals.index_select(0, rows), lengths[rows], network.input_length)
+        if config.normalisation == "none":
+            x = x * scale[rows, None]
+        y = torch.as_tensor(data.labels)[rows].to(device)
+        return measure(train_step, network.model, optimizer, criterion, network.inputs(x.to(device)), y)
+
+    return decide(config.precision, device, stepped=stepped, capable=fast_bf16(device),
+                  epoch_steps=math.ceil(len(train_index) / config.batch_size), cost=cost)
 
 
 def _initialise_model(config: TrainConfig, network: Network, data: TensorData, train_index: np.ndarray,
@@ -317,7 +356,7 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
                  criterion: nn.Module, augmenter: BatchAugmenter, signals: torch.Tensor,
                  lengths: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor,
                  train_index: np.ndarray, epoch: int, device: torch.device,
-                 average: WeightAverage | None) -> tuple[float, int]:
+                 average: WeightAverage | None, precision: Precision) -> tuple[float, int]:
     network.train()
     torch.manual_seed(config.seed * 100_003 + epoch)  # dropout, reproducible per epoch
     order = np.random.default_rng([config.seed, epoch]).permutation(train_index)
@@ -341,7 +380,9 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
                           lengths[rows].to(device), generator, out=out)
         if config.normalisation == "none":
             x.mul_(scale[rows, None].to(device))
-        total += train_step(network, optimizer, criterion, x, labels[rows].to(device)) * len(rows)
+        # The transform outside the step: autocast would run its matmuls in bf16 too.
+        total += train_step(network.model, optimizer, criterion, network.inputs(x), labels[rows].to(device),
+                            precision) * len(rows)
         if average is not None:
             average.update()
         seen += len(rows)
@@ -349,9 +390,11 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
 
 
 def train_step(network: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-               x: torch.Tensor, y: torch.Tensor) -> float:
-    """One optimisation step on a prepared batch; returns the batch's mean loss."""
-    loss = criterion(network(x), y)
+               x: torch.Tensor, y: torch.Tensor, precision: Precision = "fp32") -> float:
+    """One optimisation step on a prepared batch, forward and loss in `precision`; returns the
+    batch's mean loss."""
+    with autocast(x.device, precision):
+        loss = criterion(network(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -359,13 +402,14 @@ def train_step(network: nn.Module, optimizer: torch.optim.Optimizer, criterion: 
 
 
 def _validate(config: TrainConfig, network: Network, head: FittedHead | None, data: TensorData,
-              val_index: np.ndarray, device: torch.device) -> tuple[dict, np.ndarray]:
+              val_index: np.ndarray, device: torch.device, precision: Precision) -> tuple[dict, np.ndarray]:
     """The epoch's validation metrics and the per-record probabilities they were scored on (the
-    fitted head's when it is kept apart: what the trial would deliver)."""
+    fitted head's when it is kept apart: what the trial would deliver), the forward in the run's
+    precision: validation ranks, it delivers nothing."""
     assert data.labels is not None  # training data is labelled (data.prepare)
     truth = data.labels[val_index]
     probabilities, own = record_probabilities(network, head, data, val_index, config.normalisation,
-                                              config.window_overlap, device)
+                                              config.window_overlap, device, precision)
     metrics = classification_metrics(truth, probabilities.argmax(axis=1), data.classes, prefix="val_")
     metrics["val_loss"] = float(log_loss(own, truth))  # the network's own: the loss its training lowers
     metrics["val_auroc"] = macro_auroc(probabilities, truth)

@@ -1,17 +1,18 @@
 """The one table of the keys a trial reports, and every rule that depends on a key's name.
 
 A trial's result for an epoch holds what the loop reports (training/loop.fit: epoch, losses, the
-validation metrics, the confusion matrix, lr, costs, `finished`, a closed-form head's figures),
-under cross-validation each validation metric's spread over the folds (training/folds.py), and
-Tune's bookkeeping (training_iteration, time_total_s, pid, ...). `TABLE` declares each of them
-once, as a `ReportedKey`:
+validation metrics, the confusion matrix, lr, costs, `finished`, a closed-form head's figures, the
+precision its steps ran in), under cross-validation each validation metric's spread over the folds
+(training/folds.py), and Tune's bookkeeping (training_iteration, time_total_s, pid, ...). `TABLE`
+declares each of them once, as a `ReportedKey`:
 
 * `kind`: what the value is (a metric, a fold spread, a cost, Tune's bookkeeping, ...);
 * `direction`: for a metric, which way it improves (training/metrics.direction reads it, and
   with it everything that ranks);
 * `folds`: how a cross-validated trial combines its folds' values into one report
   (`combine_folds`, called by training/folds.py);
-* `exported`: a column of trials.csv, as its final and best value (search/export.py);
+* `exported`: a column of trials.csv, as its final and best value (search/export.py; a key that
+  is not a metric has no best: its final value only);
 * `tracked`: logged to MLflow with every epoch when it is a number (`tracked`, for tracking.py).
 
 Keys are patterns, not only names: `{split}` is an optional split prefix (`val_`, `train_`,
@@ -45,6 +46,11 @@ TRAINING_ITERATION = "training_iteration"
 # finished (training/loop.py sets it; the searcher, the exports and the progress read it).
 FINISHED = "finished"
 
+# Reported with every epoch: 1.0 when the run's training steps ran under bf16 autocast, 0.0 in fp32
+# (training/precision.py; over folds, the share that did): what the refit replays. A number, so
+# that MLflow logs it and trials.csv has it (its final value).
+BF16 = "bf16"
+
 # A cross-validated trial also reports each validation metric's spread over its folds as
 # `<metric>_std` (training/folds.py): a figure to read beside the mean, never one to rank by.
 SPREAD_SUFFIX = "_std"
@@ -60,6 +66,7 @@ Kind = Literal[
     "matrix",       # the confusion matrix (a list of lists; a JSON string in Tune's results)
     "schedule",     # the learning rate the epoch used: what the refit replays
     "fit",          # what a closed-form head chose (minirocket's ridge penalty, its temperature)
+    "execution",    # how the run computed, as resolved at its start (bf16: its steps' precision)
     "cost",         # time and throughput
     "progress",     # the loop's own epoch count
     "status",       # whether the run ended by itself after this epoch
@@ -147,6 +154,7 @@ TABLE: tuple[ReportedKey, ...] = (
     ReportedKey(FINISHED, "status", "all", False, False),  # a bool: MLflow takes numbers only
     ReportedKey("ridge_alpha", "fit", "mean", False, True),
     ReportedKey("ridge_temperature", "fit", "mean", False, True),
+    ReportedKey(BF16, "execution", "mean", True, True),
     # Tune's; time_total_s is tracked: the trial's training time so far.
     _tune(TRAINING_ITERATION), _tune("time_this_iter_s"), _tune("time_total_s", tracked=True),
     _tune("timestamp"), _tune("pid"), _tune("time_since_restore"), _tune("iterations_since_restore"),
@@ -175,7 +183,7 @@ def spread_of(name: str) -> str | None:
 
 
 def exported(name: str) -> bool:
-    """Whether `name` is a column of trials.csv (metrics and their spreads; undeclared: no)."""
+    """Whether `name` is a column of trials.csv (metrics, their spreads, bf16; undeclared: no)."""
     row = describe_key(name)
     return row is not None and row.exported
 
