@@ -72,8 +72,9 @@ def stub_cost(monkeypatch, cost: StepCost | None) -> list[StepCost]:
 
 
 def tiny(**values):
+    # precision auto unless given: what these tests are about (the shipped default is fp32 for now)
     return make_config({"model": "simple_cnn", "input_length": 600, "batch_size": 8, "epochs": 1,
-                        "augmentation": "none", "seed": 3, **values})
+                        "augmentation": "none", "seed": 3, "precision": "auto", **values})
 
 
 def run(config, dataset, *, val=True, until: int | None = None, **kwargs) -> list:
