@@ -63,7 +63,7 @@ from ecg_tune.data.tensors import TensorData
 from ecg_tune.errors import ConfigError
 from ecg_tune.models.head import FittedHead, HeadFit, stratified_subsample
 from ecg_tune.signal.augment import BatchAugmenter, build_augmenter, fit_to_length
-from ecg_tune.training.device import pick_device
+from ecg_tune.training.device import PinnedRows, device_views, pick_device
 from ecg_tune.training.evaluate import record_probabilities, window_outputs
 from ecg_tune.training.metrics import classification_metrics, log_loss, macro_auroc
 from ecg_tune.training.network import Network, build_network
@@ -215,7 +215,8 @@ def fit(
     elif network.model.needs_data_init:
         _initialise_model(config, network, data, train_index, device)
 
-    signals, lengths, scale = data.torch_views()
+    # On a CUDA device that holds it, the matrix is copied there once (training/device.py).
+    signals, lengths, scale = device_views(data, device)
     labels = torch.as_tensor(data.labels)
     epochs = len(lr_schedule) if lr_schedule is not None else config.epochs
     declared = network.model.fitted_head()
@@ -363,7 +364,9 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + epoch)
     # On the signals' own device the augmenter reads the batch's rows in place: copying whole
     # rows out first (as wide as the longest record) cost more than the augmentation's reads.
-    in_place = signals.device == device
+    in_place = signals.device.type == device.type
+    # Rows from the host to a CUDA device go through one pinned buffer, so the copy is asynchronous.
+    staged = None if in_place else PinnedRows(signals, config.batch_size, device)
     # One input buffer for the epoch, reused: the step is done with a batch (backward included)
     # before the next one is written, and the data path then touches no new memory per batch.
     batch = torch.empty(config.batch_size, augmenter.input_length, device=device)
@@ -376,8 +379,8 @@ def _train_epoch(config: TrainConfig, network: Network, optimizer: torch.optim.O
         if in_place:
             x = augmenter(signals, lengths[rows], generator, out=out, rows=rows)
         else:
-            x = augmenter(signals.index_select(0, rows).to(device, non_blocking=True),
-                          lengths[rows].to(device), generator, out=out)
+            assert staged is not None
+            x = augmenter(staged(rows), lengths[rows].to(device), generator, out=out)
         if config.normalisation == "none":
             x.mul_(scale[rows, None].to(device))
         # The transform outside the step: autocast would run its matmuls in bf16 too.
