@@ -301,8 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "optuna_asha", "optuna_asha_complete",
                                                                 "optuna_asha_auroc"],
                             help="a subset (default: all)")
-    overhead = kinds.add_parser("overhead", help="Ray's cost per trial, trials/min, peak memory of 1 vs 4 trials")
+    overhead = kinds.add_parser("overhead", help="Ray's cost per trial, trials/min, peak memory of 1 vs 4 trials, "
+                                                 "the searcher's cost per trial as the study grows")
     overhead.add_argument("--tiny-trials", type=int, default=40, help="trials that only report once")
+    overhead.add_argument("--parts", nargs="+", choices=["trials", "memory", "searcher"],
+                          help="a subset (default: all): Tune's cost per tiny trial, memory of 1 vs 4 trials, "
+                               "the searcher's cost per trial as the study grows")
+    overhead.add_argument("--searcher-trials", type=int,
+                          help="searcher part: trials per searcher in process (default 1000; --quick 60)")
+    overhead.add_argument("--searcher-ray-trials", type=int,
+                          help="searcher part: trials per searcher through Tune (default 200; --quick 12)")
     gpu = kinds.add_parser("gpu", help="throughput of 1, 2, 4, 8 trials sharing one GPU (skips without CUDA)")
     quality = kinds.add_parser("quality", help="a full search's test score against duration-only, MiniRocket, "
                                                "pad vs crop and the published anchors")

@@ -188,8 +188,16 @@ def search_memory(dataset: Dataset, concurrent: int, max_epochs: int, log: Calla
             "worker_uss_peak_mib": memory.worker_uss_peak / 2**20, "samples": memory.samples, "wall_s": wall}
 
 
+PARTS = ("trials", "memory", "searcher")
+
+
 def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: int = 2,
-                           log: Callable[[str], None] = print) -> dict:
+                           log: Callable[[str], None] = print, parts: tuple[str, ...] = PARTS,
+                           searcher_trials: int = 1000, searcher_ray_trials: int = 200) -> dict:
+    """The parts asked for: `trials` (Tune's cost per tiny trial, and whether a worker copies the
+    dataset), `memory` (1 against 4 trials at once), `searcher` (benchmarks/searcher_cost.py: the
+    searcher's cost per trial up to `searcher_trials` in process, then `searcher_ray_trials`
+    through Tune)."""
     import importlib.util
 
     import ray
@@ -198,30 +206,43 @@ def run_overhead_benchmark(dataset: Dataset, tiny_trials: int = 40, max_epochs: 
         from ecg_tune.errors import EcgTuneError
 
         raise EcgTuneError("benchmark overhead needs psutil: pip install -e '.[benchmark]'")
-    # Four logical CPUs on any machine, so that "4 trials at once" is the same experiment everywhere.
-    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    result: dict = {"parts": list(parts)}
+    if "searcher" in parts:
+        from ecg_tune.benchmarks import searcher_cost
+
+        # Before Ray starts: its idle processes would share the two cores with the driver.
+        result["searcher"] = {"curves": searcher_cost.searcher_curves(dataset, searcher_trials, log)}
+    # Four logical CPUs on any machine, so that "4 trials at once" is the same experiment everywhere;
+    # a cluster of its own ("local"), not one another process left running.
+    ray.init(address="local", num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
-        costs = []
-        for reuse in (False, True):
-            cost = trial_cost(dataset, tiny_trials, reuse)
-            costs.append(cost)
-            log(f"tiny trials, reuse_actors={reuse}: {cost['trials_per_minute']:.0f} trials/min with "
-                f"{cost['concurrent']} at once ({cost['slot_seconds_per_trial']:.1f} s per trial and slot); "
-                f"start to first report median "
-                f"{cost['start_to_first_report_s']['median']:.2f} s "
-                f"(first trial {cost['start_to_first_report_s']['first_trial']:.2f} s)")
-        probe = data_copy_probe(dataset)
-        log(f"a worker that fetched the dataset and read all {probe['dataset_signals_mib']:.0f} MiB of its signals "
-            f"added {probe['added_mib']:.1f} MiB of private memory")
-        memory = [search_memory(dataset, n, max_epochs, log) for n in (1, 4)]
+        if "trials" in parts:
+            result["trial_cost"] = []
+            for reuse in (False, True):
+                cost = trial_cost(dataset, tiny_trials, reuse)
+                result["trial_cost"].append(cost)
+                log(f"tiny trials, reuse_actors={reuse}: {cost['trials_per_minute']:.0f} trials/min with "
+                    f"{cost['concurrent']} at once ({cost['slot_seconds_per_trial']:.1f} s per trial and slot); "
+                    f"start to first report median "
+                    f"{cost['start_to_first_report_s']['median']:.2f} s "
+                    f"(first trial {cost['start_to_first_report_s']['first_trial']:.2f} s)")
+            probe = result["copy_probe"] = data_copy_probe(dataset)
+            log(f"a worker that fetched the dataset and read all {probe['dataset_signals_mib']:.0f} MiB of its "
+                f"signals added {probe['added_mib']:.1f} MiB of private memory")
+        if "memory" in parts:
+            result["memory"] = [search_memory(dataset, n, max_epochs, log) for n in (1, 4)]
+            result["max_epochs"], result["memory_config"] = max_epochs, MEMORY_CONFIG
+        if "searcher" in parts:
+            result["searcher"]["through_tune"] = searcher_cost.through_tune(dataset, searcher_ray_trials, log)
     finally:
         ray.shutdown()
     data_mib = sum(a.nbytes for a in vars(dataset.tensors).values() if isinstance(a, np.ndarray)) / 2**20
-    extra = memory[1]["peak_pss_mib"] - memory[0]["peak_pss_mib"]
-    log(f"dataset arrays {data_mib:.0f} MiB; 4 trials at once used {extra:.0f} MiB more than 1 "
-        f"(3 more copies of the data would be {3 * data_mib:.0f} MiB)")
-    return {"trial_cost": costs, "copy_probe": probe, "memory": memory, "dataset_mib": data_mib,
-            "extra_mib_4_vs_1": extra, "memory_config": MEMORY_CONFIG, "max_epochs": max_epochs}
+    result["dataset_mib"] = data_mib
+    if "memory" in result:
+        extra = result["extra_mib_4_vs_1"] = result["memory"][1]["peak_pss_mib"] - result["memory"][0]["peak_pss_mib"]
+        log(f"dataset arrays {data_mib:.0f} MiB; 4 trials at once used {extra:.0f} MiB more than 1 "
+            f"(3 more copies of the data would be {3 * data_mib:.0f} MiB)")
+    return result
 
 
 def run_gpu_benchmark(dataset: Dataset, shares: tuple[int, ...] = (1, 2, 4, 8), max_epochs: int = 2,
@@ -261,7 +282,7 @@ def run_gpu_benchmark(dataset: Dataset, shares: tuple[int, ...] = (1, 2, 4, 8), 
 
 def overhead_table(result: dict) -> str:
     lines = ["| measure | value |", "|---|---:|"]
-    for cost in result["trial_cost"]:
+    for cost in result.get("trial_cost", ()):
         delay = cost["start_to_first_report_s"]
         how = "workers reused" if cost["reuse_actors"] else "a new worker per trial"
         lines += [f"| tiny trials per minute, {how} ({cost['concurrent']} at once, {cost['trials']} trials) | "
@@ -270,16 +291,22 @@ def overhead_table(result: dict) -> str:
                   f"| trial start to first report, {how}: median / p90 / max | {delay['median']:.2f} / "
                   f"{delay['p90']:.2f} / {delay['max']:.2f} s |"]
     lines.append(f"| dataset arrays (held once in the object store) | {result['dataset_mib']:.0f} MiB |")
-    probe = result["copy_probe"]
-    lines.append(f"| private memory a worker adds by fetching the dataset and reading all of it | "
-                 f"{probe['added_mib']:.1f} MiB (worker before: {probe['private_before_mib']:.0f} MiB) |")
-    for row in result["memory"]:
+    if "copy_probe" in result:
+        probe = result["copy_probe"]
+        lines.append(f"| private memory a worker adds by fetching the dataset and reading all of it | "
+                     f"{probe['added_mib']:.1f} MiB (worker before: {probe['private_before_mib']:.0f} MiB) |")
+    for row in result.get("memory", ()):
         lines.append(f"| peak memory (PSS, driver + Ray), {row['concurrent']} trial(s) at once | "
                      f"{row['peak_pss_mib']:.0f} MiB |")
         lines.append(f"| largest private memory (USS) of one worker, {row['concurrent']} trial(s) at once | "
                      f"{row['worker_uss_peak_mib']:.0f} MiB |")
-    lines.append(f"| extra for 4 trials over 1 (3 data copies would be {3 * result['dataset_mib']:.0f} MiB) | "
-                 f"{result['extra_mib_4_vs_1']:.0f} MiB |")
+    if "memory" in result:
+        lines.append(f"| extra for 4 trials over 1 (3 data copies would be {3 * result['dataset_mib']:.0f} MiB) | "
+                     f"{result['extra_mib_4_vs_1']:.0f} MiB |")
+    if "searcher" in result:
+        from ecg_tune.benchmarks.searcher_cost import searcher_table
+
+        lines += ["", searcher_table(result["searcher"])]
     return "\n".join(lines)
 
 

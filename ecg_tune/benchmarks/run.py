@@ -50,6 +50,9 @@ class BenchmarkOptions(BaseModel):
     summarise: list[Path] | None = None  # portfolio: result files to join into a mean rank
     strategies: list[str] | None = None
     tiny_trials: int | None = Field(None, ge=1)
+    parts: list[Literal["trials", "memory", "searcher"]] | None = None  # overhead: None: all
+    searcher_trials: int | None = Field(None, ge=1)  # overhead: in process, per searcher variant
+    searcher_ray_trials: int | None = Field(None, ge=1)  # overhead: through Tune, per searcher
     run: Path | None = None  # quality: a finished, refitted search folder
     search_budget: float | None = Field(None, gt=0)
     search_trials: int | None = Field(None, ge=1)
@@ -144,10 +147,12 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
         search.plot(result, results_path(out, "search", stamp, ".png"))
         table = search.table(result)
     elif options.benchmark == "overhead":
-        from ecg_tune.benchmarks.overhead import overhead_table, run_overhead_benchmark
+        from ecg_tune.benchmarks.overhead import PARTS, overhead_table, run_overhead_benchmark
 
         result = run_overhead_benchmark(dataset(), tiny_trials=8 if quick else options.tiny_trials or 40,
-                                        max_epochs=1 if quick else 2)
+                                        max_epochs=1 if quick else 2, parts=tuple(options.parts or PARTS),
+                                        searcher_trials=options.searcher_trials or (60 if quick else 1000),
+                                        searcher_ray_trials=options.searcher_ray_trials or (12 if quick else 200))
         table = overhead_table(result)
     elif options.benchmark == "gpu":
         from ecg_tune.benchmarks.overhead import gpu_table, run_gpu_benchmark

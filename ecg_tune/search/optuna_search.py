@@ -58,22 +58,39 @@ search ended). Every trial carries the user attribute `search_id` (the searcher'
 with its state), and `restore` tells FAIL, with user attribute `lost`, each RUNNING trial of
 this search the restored state does not know. An in-memory study is restored from the same save
 as Tune's trials, so it holds none.
+
+Parallel trials (issue 25, item 3): TPE is built by `tpe_sampler`, with Optuna's constant liar:
+a trial suggested but not yet told counts, for every proposal made meanwhile, among the poor
+results (TPE's "bad" group), so trials started together are pushed apart instead of all landing
+on the current best region (tests/test_searcher_scaling.py measures the spread). Optuna 5
+already defaults to it; the search now asks for it by name.
+
+Thousands of trials: TPE rebuilds its model from the study's trials for every proposal, in
+Python loops over each trial and each group of parameters that appear together (the `full`
+space has about nine), so its cost per proposal grows with the study (`benchmark overhead`,
+docs/benchmarks.md). An in-memory study (the default) shows TPE a window of its finished trials
+once it has more than `MODEL_WINDOW` + `MODEL_BEST` of them: the `MODEL_WINDOW` most recent and
+the `MODEL_BEST` best completed, with every running or waiting trial (`WindowedMemoryStorage`).
+Below that size nothing changes: the same trials, in the same order, the same proposals. A study
+in a database (--optuna-storage) is not windowed: Optuna's cache of such a study is private to it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import pickle
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.storages import BaseStorage, InMemoryStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from ecg_tune.search.upstream import LEGACY_ONLY, legacy_searcher_state
@@ -86,6 +103,16 @@ LOST = "lost"
 MAX_REPEATS = 16
 # The study's name when none is given (tuner.py names every database study): Ray's OptunaSearch's.
 DEFAULT_STUDY_NAME = "optuna"
+# TPE's view of a large in-memory study (see the module's docstring and `benchmark overhead`):
+# the most recent finished trials it models, and the best completed ones kept beside them. TPE's
+# "good" group holds at most 25 trials (Optuna's default gamma), so the 25 best stay in view
+# however old. With 300 recent ones a proposal on `full` costs what it costs at 325 trials,
+# however large the study grows: 26-30 ms from 300 to 1,000 trials, against 61 ms at 1,000
+# (and growing ~6 ms per 100 trials) without the window (docs/benchmarks.md, `overhead`).
+MODEL_WINDOW = 300
+MODEL_BEST = 25
+# The trial states TPE models (a FAIL trial is never read; running ones are the constant liar's).
+MODELLED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 # The define-by-run function: suggests a trial's parameters, returns constants (or None).
 SpaceFunction = Callable[[optuna.trial.Trial], "dict[str, Any] | None"]
@@ -119,6 +146,57 @@ class SearcherState:
         if legacy is None:
             raise ValueError(f"not a saved Optuna searcher state: {type(saved).__name__}")
         return cls(**{"search_id": None, **legacy})
+
+
+def tpe_sampler(seed: int | None, startup_trials: int) -> optuna.samplers.TPESampler:
+    """TPE as a search runs it: multivariate with groups, so that parameters are modelled jointly
+    and conditional ones (present in some trials only) too; constant liar, so that trials running
+    at once get proposals apart from each other; `startup_trials` random trials first."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=startup_trials)
+
+
+class WindowedMemoryStorage(InMemoryStorage):
+    """Optuna's in-memory storage, whose trial listings (what TPE models its proposals on) hold,
+    once a study has more than `recent + best` finished (COMPLETE or PRUNED) trials, the `recent`
+    most recent of them and the `best` best completed, with every trial in another state, in trial
+    order. Below that every listing is Optuna's own. Counts and the best trial are the whole study's."""
+
+    def __init__(self, recent: int, best: int = MODEL_BEST) -> None:
+        if recent < 1 or best < 0:
+            raise ValueError(f"a window of at least 1 recent trial is needed, got recent={recent}, best={best}")
+        super().__init__()
+        self.recent, self.best = recent, best
+        # study id -> (finished trials counted, the numbers of those in the window): the window
+        # changes only when a trial finishes, and a proposal lists the trials a dozen times.
+        self._windows: dict[int, tuple[int, frozenset[int]]] = {}
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        trials = super().get_all_trials(study_id, deepcopy=False, states=states)
+        window = self._window(study_id)
+        if window is not None:
+            trials = [t for t in trials if t.number in window or t.state not in MODELLED]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
+        states = (state,) if isinstance(state, TrialState) else state
+        return len(super().get_all_trials(study_id, deepcopy=False, states=states))
+
+    def _window(self, study_id: int) -> frozenset[int] | None:
+        """The numbers of the finished trials in view (None: the study is small, all are)."""
+        finished = super().get_all_trials(study_id, deepcopy=False, states=MODELLED)
+        if len(finished) <= self.recent + self.best:
+            return None
+        counted, window = self._windows.get(study_id, (-1, frozenset()))
+        if counted != len(finished):
+            sign = -1.0 if self.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE else 1.0
+            complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
+            best = sorted(complete, key=lambda t: (sign * t.value, t.number))[:self.best]  # type: ignore[operator]
+            recent = sorted(finished, key=lambda t: t.number)[-self.recent:]
+            window = frozenset(t.number for t in [*recent, *best])
+            self._windows[study_id] = (len(finished), window)
+        return window
 
 
 def saved_state(path: str | Path) -> SearcherState:
@@ -155,13 +233,15 @@ class PruningAwareOptunaSearch(Searcher):
 
     The arguments before `max_epochs` are Ray's OptunaSearch's, for a define-by-run space and a
     single metric: `sampler` (default: TPE seeded with `seed`), `storage` and `study_name` (an
-    existing study of that name is continued), `points_to_evaluate` (run first)."""
+    existing study of that name is continued), `points_to_evaluate` (run first). Without a
+    storage the study is kept in memory, shown to the sampler through a window of `model_window`
+    recent trials (plus the best: `WindowedMemoryStorage`; None: every trial, as Optuna does)."""
 
     def __init__(self, space: SpaceFunction, metric: str, mode: str,
                  points_to_evaluate: Sequence[Mapping[str, Any]] | None = None,
                  sampler: optuna.samplers.BaseSampler | None = None, study_name: str | None = None,
                  storage: BaseStorage | None = None, seed: int | None = None, *, max_epochs: int,
-                 pruned_as_complete: bool = False) -> None:
+                 pruned_as_complete: bool = False, model_window: int | None = MODEL_WINDOW) -> None:
         if not callable(space):
             raise TypeError(f"space: a define-by-run function is needed, got {type(space).__name__}")
         if not isinstance(metric, str) or mode not in ("min", "max"):
@@ -177,8 +257,9 @@ class PruningAwareOptunaSearch(Searcher):
         self._pruned_as_complete = pruned_as_complete
         # Optuna's own pruner is never consulted (Tune's scheduler stops trials); NopPruner says so
         # in the study, as Ray's OptunaSearch did.
+        in_memory = None if model_window is None else WindowedMemoryStorage(model_window)
         study = optuna.create_study(
-            storage=storage, sampler=sampler or optuna.samplers.TPESampler(seed=seed),
+            storage=storage or in_memory, sampler=sampler or optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.NopPruner(), study_name=study_name or DEFAULT_STUDY_NAME, load_if_exists=True,
             direction="minimize" if mode == "min" else "maximize")
         for point in points:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ecg_tune.data import Dataset
 from ecg_tune.errors import ConfigError, SearchInterrupted
@@ -26,6 +26,9 @@ from ecg_tune.storage import EXPERIMENT, ExperimentStorage
 from ecg_tune.training.folds import Validation, choose_validation
 from ecg_tune.training.metrics import direction
 from ecg_tune.training.reported import TRAINING_ITERATION
+
+if TYPE_CHECKING:  # imports optuna and Ray's Searcher, which the tuner imports only when it runs
+    from ecg_tune.search.optuna_search import PruningAwareOptunaSearch
 
 
 def start_ray(options: SearchOptions) -> None:
@@ -96,7 +99,7 @@ def run_search(options: SearchOptions, space: AdaptedSpace, dataset: Dataset, pl
                 metric=plan.metric, mode=plan.mode,
                 # -1: Tune keeps starting trials until time_budget_s ends the search.
                 num_samples=1 if plan.searcher == "grid" else (plan.num_samples or -1),
-                search_alg=_searcher(plan, options, space),
+                search_alg=make_searcher(plan, options, space),
                 scheduler=_scheduler(plan),
                 max_concurrent_trials=plan.max_concurrent,
                 time_budget_s=plan.time_budget,
@@ -145,20 +148,22 @@ def _raise_if_full(storage: ExperimentStorage, error: BaseException) -> None:
                           f"--resume (a trial interrupted by it continues from its last checkpoint)") from None
 
 
-def _searcher(plan: Plan, options: SearchOptions, space: AdaptedSpace) -> Any:
+def make_searcher(plan: Plan, options: SearchOptions, space: AdaptedSpace,
+                  build: Callable[..., PruningAwareOptunaSearch] | None = None) -> Any:
+    """The searcher a search runs (None for a grid: Tune's generator runs the grid). `build`: the
+    searcher class, or a factory taking its arguments (`benchmark overhead` passes one that times
+    the searcher's calls)."""
     if plan.searcher == "grid":
-        return None  # Tune's default generator runs the param_space grid
+        return None
     import optuna
 
-    from ecg_tune.search.optuna_search import PruningAwareOptunaSearch
+    from ecg_tune.search.optuna_search import PruningAwareOptunaSearch, tpe_sampler
 
     sampler: optuna.samplers.BaseSampler
     if plan.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
     else:
-        # multivariate + group: TPE models parameters jointly and copes with conditional ones.
-        sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, group=True,
-                                             n_startup_trials=plan.startup_trials)
+        sampler = tpe_sampler(options.seed, plan.startup_trials)
     kwargs: dict[str, Any] = {}
     if options.optuna_storage:
         kwargs = {"storage": optuna.storages.RDBStorage(options.optuna_storage),
@@ -167,10 +172,10 @@ def _searcher(plan: Plan, options: SearchOptions, space: AdaptedSpace) -> Any:
     # Start points are enqueued in the study: the define-by-run function's suggest_* calls return
     # their values, and the keys they leave out are sampled (tests/test_search.py checks they run
     # as given).
-    return PruningAwareOptunaSearch(space=define_by_run(space), metric=plan.metric, mode=plan.mode,
-                                    sampler=sampler, max_epochs=plan.max_epochs,
-                                    pruned_as_complete=options.pruned_as_complete,
-                                    points_to_evaluate=[dict(p) for p in space.start] or None, **kwargs)
+    return (build or PruningAwareOptunaSearch)(
+        space=define_by_run(space), metric=plan.metric, mode=plan.mode, sampler=sampler,
+        max_epochs=plan.max_epochs, pruned_as_complete=options.pruned_as_complete,
+        points_to_evaluate=[dict(p) for p in space.start] or None, **kwargs)
 
 
 def _scheduler(plan: Plan) -> Any:
