@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="wall-clock budget of that search (default 1500 = 25 min)")
     quality.add_argument("--search-trials", type=int, default=200, help="trial limit of that search")
     quality.add_argument("--kernels", type=int, default=10_000, help="MiniRocket kernels")
+    quality.add_argument("--seed", type=int, default=0, help="seed of the split and the search (default 0)")
+    quality.add_argument("--ensemble", type=int, default=1, metavar="K",
+                         help="--ensemble of that search (default 1: the single best trial)")
     portfolio = kinds.add_parser("portfolio", help="candidate start points of full, each trained alone for the "
                                                    "same budget on one thread (--summarise: mean rank over data sets)")
     portfolio.add_argument("--candidates", type=Path, help="a YAML file with a `candidates:` list of partial configs "

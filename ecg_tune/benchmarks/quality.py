@@ -194,7 +194,9 @@ def run_quality_benchmark(run_dir: Path, n_kernels: int = 10_000, cpus: float = 
         "run": str(run_dir), "data": best.data, "metric": metric,
         "search": {"best_config": best.config, "best_epoch": best.epoch, "val": best.metrics.get(metric),
                    "trials": trials, "last_improvement_s": float(times[-1]) if len(times) else None,
-                   "test": _headline(report["test"])},
+                   "test": _headline(report["test"]),
+                   # A team (--ensemble K): its members and the single best trial's own test figures.
+                   "ensemble": report.get("ensemble"), "refit_seconds": report.get("refit_seconds")},
         "duration_baseline": duration, "minirocket": rocket, "pad_vs_crop": padcrop,
         "anchors": [{"what": what, "cinc_f1": value} for what, value in ANCHORS],
     }
@@ -209,6 +211,10 @@ def table(result: dict, seed_grid: float | None = None) -> str:
         return f"{scores[key]:.3f} [{low:.3f}, {high:.3f}]"
 
     rows = [("this project: `full` search + refit, test records", cell(result["search"]["test"]))]
+    team = result["search"].get("ensemble")
+    if team:
+        rows.append((f"the single best trial alone ({team['single_best']['trial_id']}), test",
+                     cell(team["single_best"]["test"])))
     for fit in ("pad", "crop"):
         chosen = " (the search's choice)" if result["pad_vs_crop"]["chosen_by_search"] == fit else ""
         rows.append((f"best config trained with fit={fit}{chosen}, test", cell(result["pad_vs_crop"][fit])))

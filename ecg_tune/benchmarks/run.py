@@ -61,7 +61,8 @@ class BenchmarkOptions(BaseModel):
     variants: list[str] | None = None  # steadiness
     resamples: int | None = Field(None, ge=1)  # resample: re-splits (seeds first_seed, first_seed + 1, ...)
     first_seed: int | None = Field(None, ge=0)
-    ensemble: int | None = Field(None, ge=1)  # resample: --ensemble of each search
+    ensemble: int | None = Field(None, ge=1)  # resample, quality: --ensemble of each search
+    seed: int | None = Field(None, ge=0)  # quality: the split's and the search's seed
     accuracy: bool = False  # precision: also fp32 against bf16 best validation scores
 
     @field_validator("records")
@@ -105,7 +106,7 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
     source, quick = options.source, options.quick
     if options.benchmark == "precision" and quick and options.data is None:
         source = QUICK_PRECISION_SOURCE
-    data_options = DataOptions(source, options.label_column)
+    data_options = DataOptions(source, options.label_column, seed=options.seed or 0)
 
     def dataset() -> Dataset:
         data = data_options.load()
@@ -244,7 +245,8 @@ def _quality_search(options: BenchmarkOptions, dataset: Dataset, run_dir: Path) 
     from ecg_tune.search.plan import SearchOptions
 
     budget = 90.0 if options.quick else options.search_budget or 1500.0
-    search = SearchOptions(out=run_dir, time_budget=budget, num_samples=options.search_trials or 200)
+    search = SearchOptions(out=run_dir, time_budget=budget, num_samples=options.search_trials or 200,
+                           seed=options.seed or 0, ensemble=options.ensemble or 1)
     # The refit runs alone: all cores.
     run_pipeline(PipelineOptions(search=search, space="full", refit=RefitOptions(cpus=_all_cpus())), dataset=dataset)
     return run_dir
