@@ -24,6 +24,12 @@ record probabilities (`weighted_mean`, the refit's own combination). `load_bundl
 apart by ensemble.json, so `predict` takes either with no change; a refit writing one kind removes
 what an earlier refit left of the other.
 
+Beside them, `model.onnx` and `onnx.json`: the same model as one ONNX graph for onnxruntime without
+torch (onnx_export.py writes it when a bundle is saved, a team's as one graph; onnx_runtime.py runs
+it; `ecg-tune export` rewrites it, with `--quantize int8` also `model.int8.onnx`). Without the
+optional `deploy` packages, or for a part with no ONNX form, saving warns in one line and the
+bundle is complete without it.
+
 Format history (all of format 1, all loaded): until 1abb620 `preprocessing` listed wavelet,
 levels, wavelet_output and fourier_log for every transform (None where unused); since then only
 the transform's declared options. The config keys have only been added to since (the rocket_*
@@ -51,8 +57,13 @@ from ecg_tune.config import TrainConfig, make_config
 from ecg_tune.data.records import Records
 from ecg_tune.data.sources import some_of
 from ecg_tune.data.tensors import TensorData, to_tensors
-from ecg_tune.errors import ConfigError, DataError, EcgTuneError, validation_message
+from ecg_tune.errors import ConfigError, EcgTuneError, validation_message
 from ecg_tune.models.head import FittedHead
+from ecg_tune.onnx_export import GraphMember, export_onnx, export_or_warn, quantize_int8
+
+# Resampling to the bundle's rate is shared with the torch-free runtime, which owns it.
+from ecg_tune.onnx_runtime import INT8_FILE, ONNX_FILE, ONNX_META
+from ecg_tune.onnx_runtime import at_rate as at_rate
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.evaluate import record_probabilities
 from ecg_tune.training.network import Network, build_network
@@ -109,15 +120,18 @@ def weighted_mean(probabilities: Sequence[np.ndarray], weights: Sequence[float])
 
 
 def save_bundle(folder: Path, network: Network, head: FittedHead | None, config: TrainConfig,
-                classes: list[str], fs: float | None) -> Path:
+                classes: list[str], fs: float | None, onnx: bool = True) -> Path:
     """Write the bundle; each file is replaced whole, config.json last, so an interrupted export
     never leaves a truncated file. `head`: the model's fitted head, written to its own file when
-    the model keeps it apart (one that is part of the model is in the weights already)."""
+    the model keeps it apart (one that is part of the model is in the weights already). With
+    `onnx`, model.onnx and onnx.json too (onnx_export.py), or a one-line warning saying why not."""
     import io
 
     folder.mkdir(parents=True, exist_ok=True)
-    # An earlier refit's ensemble would be what load_bundle reads: gone before the model is written.
-    (folder / ENSEMBLE).unlink(missing_ok=True)
+    # An earlier refit's ensemble would be what load_bundle reads: gone before the model is written;
+    # so is an earlier graph, which would otherwise answer for a model it is not.
+    for stale in (ENSEMBLE, ONNX_FILE, ONNX_META, INT8_FILE):
+        (folder / stale).unlink(missing_ok=True)
     weights = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
     _replace(folder / WEIGHTS, weights.getvalue())
@@ -142,6 +156,8 @@ def save_bundle(folder: Path, network: Network, head: FittedHead | None, config:
     }
     _replace(folder / META, json.dumps(meta, indent=2).encode())
     shutil.rmtree(folder / MEMBERS, ignore_errors=True)
+    if onnx:
+        export_or_warn(folder, [GraphMember(config.model, 1.0, network, head, config)], classes, fs)
     return folder
 
 
@@ -166,7 +182,9 @@ def save_ensemble_bundle(folder: Path, members: Sequence[MemberModel], classes: 
     # An earlier ensemble's file goes first: members rewritten under it must never load as a team.
     (folder / ENSEMBLE).unlink(missing_ok=True)
     for member in members:
-        save_bundle(folder / MEMBERS / member.trial_id, member.network, member.head, member.config, classes, fs)
+        # One graph for the team (below), not one per member: `ecg-tune export` makes a member's.
+        save_bundle(folder / MEMBERS / member.trial_id, member.network, member.head, member.config, classes, fs,
+                    onnx=False)
     meta = {"format_version": FORMAT_VERSION, "kind": "ensemble", "classes": list(classes), "fs": fs,
             "aggregation": "weighted mean of the members' record probabilities",
             "members": [entry.model_dump() for entry in entries]}
@@ -178,7 +196,26 @@ def save_ensemble_bundle(folder: Path, members: Sequence[MemberModel], classes: 
     for path in (folder / MEMBERS).iterdir():
         if path.name not in kept:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+    export_or_warn(folder, [GraphMember(m.trial_id, m.weight, m.network, m.head, m.config) for m in members],
+                   classes, fs)
     return folder
+
+
+def export_bundle(folder: str | Path, quantize: Literal["int8"] | None = None) -> list[Path]:
+    """(Re)write the saved bundle's model.onnx and onnx.json, and with `quantize` its int8 copy
+    (model.int8.onnx); the files written. Errors are one line (ExportError names the family)."""
+    folder = Path(folder)
+    bundle = load_bundle(folder, device="cpu")
+    for stale in (ONNX_FILE, ONNX_META, INT8_FILE):
+        (folder / stale).unlink(missing_ok=True)
+    if isinstance(bundle, EnsembleBundle):
+        parts = [GraphMember(trial, weight, b.network, b.head, b.config) for trial, weight, b in bundle.members]
+    else:
+        parts = [GraphMember(bundle.config.model, 1.0, bundle.network, bundle.head, bundle.config)]
+    written = [export_onnx(folder, parts, bundle.classes, bundle.fs), folder / ONNX_META]
+    if quantize == "int8":
+        written.append(quantize_int8(folder))
+    return written
 
 
 def _replace(path: Path, content: bytes) -> None:
@@ -440,28 +477,3 @@ def _load_head(folder: Path, declared: FittedHead, network: Network, n_classes: 
     if probabilities.shape != (1, n_classes) or not math.isfinite(float(probabilities.sum())):
         raise EcgTuneError(f"{path}: the {name} gives no usable probabilities for the network's features")
     return head
-
-
-def at_rate(records: Records, bundle_fs: float | None, assumed_fs: float | None = None) -> Records:
-    """Records resampled to the bundle's sampling rate (polyphase, exact rational ratio)."""
-    from fractions import Fraction
-
-    from scipy.signal import resample_poly
-
-    fs = records.fs or assumed_fs
-    if fs is not None and not (math.isfinite(fs) and fs > 0):
-        given = " (--fs)" if records.fs is None else ""
-        raise DataError(f"{records.source}: the sampling rate must be a positive number of Hz, got {fs:g}{given}")
-    if bundle_fs is None or fs is None or abs(fs - bundle_fs) < 1e-9:
-        if bundle_fs is not None and fs is None:
-            raise DataError(f"{records.source}: the sampling rate is unknown and the model expects "
-                            f"{bundle_fs:g} Hz; give it with --fs")
-        return records
-    ratio = Fraction(bundle_fs / fs).limit_denominator(1000)
-    if ratio.numerator == 0:
-        raise DataError(f"{records.source}: {fs:g} Hz is too far from the model's {bundle_fs:g} Hz to resample "
-                        "(more than 1000:1)")
-    signals = [resample_poly(s.astype(np.float64), ratio.numerator, ratio.denominator).astype(np.float32)
-               for s in records.signals]
-    return Records(signals=signals, labels=records.labels, classes=records.classes,
-                   record_ids=records.record_ids, fs=bundle_fs, source=records.source)

@@ -136,11 +136,20 @@ def options_from_args(model: Any, args: argparse.Namespace, **given: Any) -> Any
 def cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
-    from ecg_tune.bundle import at_rate, load_bundle
     from ecg_tune.data import check_records, load
     from ecg_tune.data.sources import read_wfdb_records
+    from ecg_tune.onnx_runtime import OnnxModel, at_rate  # torch-free, so both runtimes share them
 
-    bundle = load_bundle(args.model, device=args.device)
+    if args.runtime == "onnx":  # onnxruntime, numpy and the readers only: this path imports no torch
+        if args.device:
+            raise EcgTuneError("--device is read with --runtime torch only (onnx runs on the CPU)")
+        bundle: Any = OnnxModel(args.model, onnx_file=args.onnx_file, threads=args.threads)
+    else:
+        from ecg_tune.bundle import load_bundle
+
+        if args.onnx_file:
+            raise EcgTuneError("--onnx-file is read with --runtime onnx only")
+        bundle = load_bundle(args.model, device=args.device)
     header = ["record", "predicted", *[f"p_{c}" for c in bundle.classes]]
     rows, failed = [], 0
     for item in args.inputs:
@@ -172,6 +181,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(args.inputs)} input(s) failed; {len(rows)} record(s) classified", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ecg_tune.bundle import export_bundle
+
+    for path in export_bundle(args.model, quantize=args.quantize):
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -218,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what ASHA's rungs rank trials by (e.g. val_auroc, which moves before the arg-max "
                              "does); the searcher and the best trial still rank by --metric (default: the "
                              "space's search.rung_metric, else --metric)")
+    search.add_argument("--objectives", metavar="KEYS",
+                        help="several objectives, comma-separated, e.g. val_cinc_f1,latency_ms: a multi-objective "
+                             "search, each key in its own direction (costs n_params, macs, latency_ms are "
+                             "minimised); the first, a validation metric, ranks the best trial and ASHA's rungs")
+    search.add_argument("--max-params", type=float, metavar="N",
+                        help="train no configuration with more parameters (estimated before training; a fitted "
+                             "SVM stage's support vectors count once fitted)")
+    search.add_argument("--max-macs", type=float, metavar="N",
+                        help="train no configuration with more multiply-accumulates per record at its input length")
+    search.add_argument("--max-latency-ms", type=float, metavar="MS",
+                        help="a trial slower than this per record (batch 1, one thread, measured by the trial) is "
+                             "infeasible: never the best trial nor an ensemble member")
     search.add_argument("--cv", type=cv_value, default="auto", metavar="K",
                         help="rank trials by K-fold cross-validation over the train+val records; 1: the "
                              "split's val part; auto (default): 5 folds when the val part has fewer than "
@@ -266,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--address", help="run the refit task on the Ray cluster at HOST:PORT")
     refit.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="how long to wait for --address to answer (default 30)")
+    refit.add_argument("--trial", metavar="ID",
+                       help="deliver this trial instead of the search's best (e.g. a point of pareto.csv): its "
+                            "config for its own best epoch, learning rates replayed")
     refit.set_defaults(handler=cmd_refit)
 
     report = commands.add_parser("report", help="(re)write a finished search's report.html: its trials, "
@@ -281,7 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--fs", type=float, help="sampling rate of inputs that do not state one")
     predict.add_argument("--label-column", choices=["first", "last", "none"], default=None)
     predict.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
+    predict.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                         help="torch: the bundle's network (default); onnx: its model.onnx in onnxruntime, "
+                              "without importing torch")
+    predict.add_argument("--onnx-file", default=None,
+                         help="--runtime onnx: the graph to run, in the bundle or a path (default model.onnx; "
+                              "model.int8.onnx after `export --quantize int8`)")
+    predict.add_argument("--threads", type=int, default=1, help="--runtime onnx: onnxruntime's intra-op threads")
     predict.set_defaults(handler=cmd_predict)
+
+    export = commands.add_parser("export", help="(re)write a model bundle's model.onnx (and an int8 copy)")
+    export.add_argument("--model", required=True, help="a model/ folder written by the refit")
+    export.add_argument("--quantize", choices=["int8"], default=None,
+                        help="also write model.int8.onnx (dynamic int8 quantisation of the matrix products)")
+    export.set_defaults(handler=cmd_export)
 
     bench = commands.add_parser("benchmark", help="measure speed and quality (results under benchmarks/results/)")
     kinds = bench.add_subparsers(dest="benchmark", required=True)
@@ -361,7 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also train start point A in fp32 and bf16 for --seeds x --max-epochs")
     precision.add_argument("--seeds", type=int, default=3, help="--accuracy: seeds per precision (default 3)")
     precision.add_argument("--max-epochs", type=int, default=20, help="--accuracy: epochs per run (default 20)")
-    for kind in (pipeline, strategies, overhead, gpu, quality, portfolio, steadiness, resample, precision):
+    deploy = kinds.add_parser("deploy", help="per model family: a short training on CinC, its ONNX graph against "
+                                             "torch on test records (same class, probabilities), and the latency "
+                                             "of torch, onnxruntime fp32 and int8 on one 30-s record, one thread")
+    deploy.add_argument("--families", nargs="+", choices=["resnet1d", "minirocket", "simple_cnn", "cnn_svm", "ecg_cnn"],
+                        help="a subset (default: all five)")
+    deploy.add_argument("--max-epochs", type=int, default=2, help="epochs of each family's training (default 2)")
+    deploy.add_argument("--records", type=int, default=2000, help="training records per family (default 2000)")
+    deploy.add_argument("--test-records", type=int, default=200, help="test records compared (default 200)")
+    for kind in (pipeline, strategies, overhead, gpu, quality, portfolio, steadiness, resample, precision, deploy):
         kind.add_argument("--data", default=None,
                           help="data source (default: ../shared/data/cinc2017/training2017 beside the "
                                "checkout when present, else synthetic)")

@@ -117,6 +117,17 @@ def run_pipeline(options: PipelineOptions, dataset: Dataset | None = None, log: 
         return _search_and_refit(options, run, adapted, dataset, resumed_split, log)
 
 
+def _space_record(space: AdaptedSpace, plan: Plan) -> dict[str, Any]:
+    """space.json's content, with the objectives and cost limits the search ran under (the command
+    line's over the space file's), so that a report rebuilt later draws the same front."""
+    record = space.to_record()
+    limits = plan.limits
+    record["search"].update({"objectives": list(plan.objectives) or record["search"].get("objectives"),
+                             "max_params": limits.max_params, "max_macs": limits.max_macs,
+                             "max_latency_ms": limits.max_latency_ms})
+    return record
+
+
 def _search_and_refit(options: PipelineOptions, run: RunFolder, space: AdaptedSpace, dataset: Dataset,
                       resumed_split: bool, log: Log) -> PipelineResult:
     from ecg_tune.search.export import write_results
@@ -129,7 +140,7 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: AdaptedSp
     if not resumed_split:
         run.write_split(dataset)
     run.write_storage(storage)
-    run.write_space(space.to_record())
+    run.write_space(_space_record(space, plan))
     tracking = SearchTracking.open(run, search.mlflow, resume=search.resume,
                                    params=search_params(plan, space.name, dataset.records.source, search.seed))
     try:
@@ -149,7 +160,15 @@ def _search_and_refit(options: PipelineOptions, run: RunFolder, space: AdaptedSp
         team = choose_for_run(run, dataset.records, dataset.split, plan.metric, search.ensemble, search.seed)
         log(describe(team))
     tracking.search_end(best)
-    log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, split.csv, space.json, "
+    from ecg_tune.reporting.pareto import describe as describe_front
+    from ecg_tune.reporting.pareto import run_front
+
+    # Every search, one objective or several. The plan's objectives once searches have them
+    # (--objectives); else space.json's, else the metric, latency and parameters.
+    front = run_front(run, getattr(plan, "objectives", None))
+    run.write_pareto(front.csv_rows())
+    log(describe_front(front))
+    log(f"results in {run.path}: best_config.json, trials.csv, trials.parquet, pareto.csv, split.csv, space.json, "
         f"predictions/ (each trial's validation probabilities){', ensemble.json' if search.ensemble > 1 else ''}; "
         f"Tune's experiment: {storage.describe()}")
     from ecg_tune.reporting.page import write_html_report  # plotly: only once a search has results

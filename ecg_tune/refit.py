@@ -6,11 +6,14 @@ The delivered model is the search's single best trial, or, when the search chose
 its own epochs, replaying its own learning rates, and the ensemble's probabilities are the weighted
 mean of the members' (bundle.weighted_mean, which the bundle predicts with too). The single best
 trial is refit as well when it is not a member: it is the reference the ensemble's test figures
-stand beside in report.json. Without ensemble.json, or with the best trial alone in it, the refit
-is the one model it always was: same report keys (plus `refit_seconds`), same bundle layout; its
-task now takes the cluster's idle CPUs as threads, so its figures can differ in the last digits
-from a one-thread refit. In report.json `test` is the delivered model's (the ensemble's), while
-`validation`, `config` and `epochs` stay the single best trial's (`ensemble.single_best`).
+stand beside in report.json. `ecg-tune refit --trial ID` (`RefitOptions.trial`) delivers that
+trial instead (a point of the Pareto front, reporting/pareto.py), refit alone for its own best
+epoch with its own learning rates, with report.json's `chosen` saying so. Without ensemble.json,
+or with the best trial alone in it, the refit is the one model it always was: same report keys
+(plus `refit_seconds`), same bundle layout; its task now takes the cluster's idle CPUs as
+threads, so its figures can differ in the last digits from a one-thread refit. In report.json
+`test` is the delivered model's (the ensemble's), while `validation`, `config` and `epochs` stay
+the single best trial's (`ensemble.single_best`); a trial chosen by hand has them its own.
 
 It reuses the training loop (replaying the learning rate each trial used at each epoch, since no
 validation data is left for ReduceLROnPlateau) and the network building of the trainable. A
@@ -52,6 +55,9 @@ class RefitOptions(BaseModel):
     gpus: float | None = Field(None, ge=0)  # None: 0.25 when the cluster has GPUs, else 0
     address: str | None = None  # a Ray cluster to run on (None: the search's, or a local one)
     connect_timeout: float = Field(30.0, gt=0)
+    # `ecg-tune refit --trial`: deliver this trial (a point of the Pareto front, say) instead of the
+    # search's best or its ensemble; None: the search's choice.
+    trial: str | None = None
 
 
 @dataclass
@@ -241,23 +247,33 @@ class RefitSetup:
     # ensemble), then the single best when it is not a member.
     models: tuple[RefitModel, ...] = ()
     ensemble: EnsembleRecord | None = None  # the team chosen after the search, if it chose one
+    # `--trial`: report.json's `chosen` (evaluation.chosen_content); then `best`, `config` and
+    # `lr_schedule` are that trial's, refit alone as the delivered model.
+    chosen: dict[str, Any] | None = None
 
     @property
     def delivered(self) -> list[RefitModel]:
         return [m for m in self.models if m.weight > 0]
 
 
-def refit_setup(run: RunFolder) -> RefitSetup:
+def refit_setup(run: RunFolder, trial: str | None = None) -> RefitSetup:
     """The best config of the search in `run` (and the members of its ensemble, if it chose one),
-    its data and split, and the epochs to train."""
+    or the trial `trial` alone (`--trial`: its own config, best epoch and learning rates, as an
+    ensemble member's), its data and split, and the epochs to train."""
     best = run.best()
+    chosen = None
+    if trial is not None:
+        best, chosen = _chosen_trial(run, best, trial)
     lr_schedule = lr_schedule_of(run, best)
     config = make_config({**best.config, "epochs": len(lr_schedule), "precision": ran_in(best)},
-                         where=str(run.best_config_path))
+                         where=str(run.best_config_path) if chosen is None else f"--trial {best.trial_id}")
+    if chosen is not None:  # its values as the config types them (trials.csv reads a gappy int column as floats)
+        typed = config.to_dict()
+        chosen["config"] = {k: v if k == "epochs" else typed.get(k, v) for k, v in chosen["config"].items()}
     dataset = prepare(best.data, split_file=run.split_path, seed=config.seed, split_digest=best.split_digest)
     train_index, test_index = dataset.index("train", "val"), dataset.index("test")
     config = _lift_record_caps(config, len(train_index))
-    ensemble = run.ensemble()
+    ensemble = run.ensemble() if chosen is None else None  # a trial chosen by hand is delivered alone
     weights = {best.trial_id: 1.0} if ensemble is None else {m.trial_id: m.weight for m in ensemble.members}
     table = run.trial_table() if set(weights) - {best.trial_id} else None
     models = []
@@ -266,14 +282,36 @@ def refit_setup(run: RunFolder) -> RefitSetup:
             models.append(RefitModel(best, config, lr_schedule, weight))
             continue
         assert table is not None  # read above, as there is a member other than the best
-        trial = _member_trial(best, table, trial_id, where=str(run.ensemble_path))
-        schedule = lr_schedule_of(run, trial)
-        member = make_config({**trial.config, "epochs": len(schedule), "precision": ran_in(trial)},
+        record = _member_trial(best, table, trial_id, where=str(run.ensemble_path))
+        schedule = lr_schedule_of(run, record)
+        member = make_config({**record.config, "epochs": len(schedule), "precision": ran_in(record)},
                              where=f"{run.ensemble_path}: {trial_id}")
-        models.append(RefitModel(trial, _lift_record_caps(member, len(train_index)), schedule, weight))
+        models.append(RefitModel(record, _lift_record_caps(member, len(train_index)), schedule, weight))
     if best.trial_id not in weights:
         models.append(RefitModel(best, config, lr_schedule, 0.0))
-    return RefitSetup(best, config, dataset, train_index, test_index, lr_schedule, tuple(models), ensemble)
+    return RefitSetup(best, config, dataset, train_index, test_index, lr_schedule, tuple(models), ensemble, chosen)
+
+
+def _chosen_trial(run: RunFolder, best: BestConfig, trial_id: str) -> tuple[BestConfig, dict[str, Any]]:
+    """`--trial`: the trial's record as the best one's is (`_member_trial`) and report.json's
+    `chosen`; an unknown id is a one-line error listing some known ones, an infeasible trial a
+    one-line warning (it is refit as asked)."""
+    import sys
+
+    from ecg_tune.reporting.evaluation import chosen_content
+    from ecg_tune.reporting.pareto import FEASIBLE
+
+    table = run.trial_table()
+    if trial_id not in table.ids:
+        known = ", ".join(table.ids[:6]) + (f", ... ({len(table)} trials)" if len(table) > 6 else "")
+        raise EcgTuneError(f"--trial {trial_id}: no such trial in {run.path / 'trials.csv'} (known: {known or 'none'})")
+    trial = _member_trial(best, table, trial_id, where=f"--trial {trial_id}")
+    flag = table.final[FEASIBLE].get(trial_id) if FEASIBLE in table.final else None
+    feasible = None if flag is None or pd.isna(flag) else bool(float(flag) > 0.5)
+    if feasible is False:
+        print(f"warning: trial {trial_id} broke the run's constraints (feasible = 0 in trials.csv); refitting it as "
+              f"asked", file=sys.stderr, flush=True)
+    return trial, chosen_content(trial_id, best.trial_id, feasible, trial.config)
 
 
 def _lift_record_caps(config: TrainConfig, records: int) -> TrainConfig:
@@ -291,10 +329,10 @@ def _member_trial(best: BestConfig, table: TrialTable, trial_id: str, where: str
     from ecg_tune.search.trainable import trial_config
 
     if trial_id not in table.ids:
-        raise EcgTuneError(f"{where}: member {trial_id} is not a trial of this search (not in trials.csv)")
+        raise EcgTuneError(f"{where}: {trial_id} is not a trial of this search (not in trials.csv)")
     epoch = table.info["best_epoch"].get(trial_id) if "best_epoch" in table.info else None
     if epoch is None or pd.isna(epoch):
-        raise EcgTuneError(f"{where}: member {trial_id} never reported {best.metric} (trials.csv): nothing to refit")
+        raise EcgTuneError(f"{where}: trial {trial_id} never reported {best.metric} (trials.csv): nothing to refit")
     # trials.csv leaves out a conditional key the trial did not set (NaN); numpy scalars as Python's.
     values = {str(key): value.item() if isinstance(value, np.generic) else value
               for key, value in table.config.loc[trial_id].items() if not pd.isna(value)}
@@ -321,7 +359,7 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     from ecg_tune.reporting.pictures import write_pictures
 
     started = time.monotonic()
-    setup = refit_setup(run)
+    setup = refit_setup(run, options.trial)
     best, dataset, models = setup.best, setup.dataset, setup.models
     train_index, test_index = setup.train_index, setup.test_index
     _announce(setup)
@@ -349,7 +387,7 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
     ensemble = None if setup.ensemble is None else ensemble_content(
         figures, best.trial_id, best.metric, setup.ensemble.rule, setup.ensemble.figures)
     report = run.write_report(test, best.metrics, setup.config.to_dict(), len(setup.lr_schedule),
-                              ensemble=ensemble, refit_seconds=seconds)
+                              ensemble=ensemble, refit_seconds=seconds, chosen=setup.chosen)
     _save_model(run, delivered, trained, classes, dataset.records.fs)
     run.write_predictions(pd.DataFrame({
         "record": [dataset.records.record_ids[i] for i in test_index],
@@ -374,7 +412,7 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
           f"search_overview.png, test_predictions.csv, model/", flush=True)
     from ecg_tune.tracking import log_refit  # does nothing (imports no MLflow) unless --mlflow
 
-    log_refit(run, test, [*pictures, html.path], ensemble=ensemble, refit_seconds=seconds)
+    log_refit(run, test, [*pictures, html.path, run.pareto_path], ensemble=ensemble, refit_seconds=seconds)
     return RefitResult(run=run, report=report, epochs=len(setup.lr_schedule), seconds=seconds)
 
 
@@ -382,6 +420,10 @@ def _announce(setup: RefitSetup) -> None:
     """What the refit is about to train, printed."""
     best, records = setup.best, f"on {len(setup.train_index)} train+val records; test: {len(setup.test_index)} records"
     peak = f" (where the mean of its {best.cv} folds peaked)" if best.cv > 1 else ""
+    if setup.chosen is not None:
+        print(f"refit: trial {best.trial_id}, chosen by hand instead of the search's best "
+              f"{setup.chosen['search_best']}, for {_epochs(len(setup.lr_schedule))}{peak} {records}", flush=True)
+        return
     if len(setup.models) == 1:
         print(f"refit: {best.trial_id}'s config for {len(setup.lr_schedule)} epochs{peak} {records}", flush=True)
         return

@@ -14,6 +14,8 @@
     <out>/predictions/<trial>.parquet  each trial's validation probabilities at its ranked epoch
                                (`TrialPredictions`; under --cv out-of-fold, every train + val record)
     <out>/ensemble.json        the team chosen from the trials (`EnsembleRecord`)
+    <out>/pareto.csv           the non-dominated trials over the search's objectives, with their figures
+                               and key config values (rows: ecg_tune/reporting/pareto.py's `csv_rows`)
     <out>/mlflow.json          --mlflow: the tracking URI and the search's parent run (`TrackingRecord`);
                                with the default URI, <out>/mlflow.db and <out>/mlartifacts/ hold the runs
 
@@ -256,6 +258,32 @@ class RunFolder:
         """The chosen ensemble, or None when the search chose none (older runs, --ensemble 1)."""
         return _optional_record(self.ensemble_path, EnsembleRecord)
 
+    # the Pareto front -------------------------------------------------------------------------
+
+    @property
+    def pareto_path(self) -> Path:
+        return self.path / "pareto.csv"
+
+    def write_pareto(self, rows: pd.DataFrame) -> Path:
+        """pareto.csv: the front's trials, one row each (a `trial_id` column, then their figures)."""
+        if "trial_id" not in rows.columns:
+            raise ValueError("pareto.csv's rows need a trial_id column")
+        _write_atomic(self.pareto_path, rows.to_csv(index=False))
+        return self.pareto_path
+
+    def pareto(self) -> pd.DataFrame | None:
+        """pareto.csv as written (trial ids as text), or None for runs written before it existed."""
+        path = self.pareto_path
+        if not path.is_file():
+            return None
+        try:
+            rows = pd.read_csv(path, dtype={"trial_id": str})
+        except (OSError, ValueError) as exc:
+            raise EcgTuneError(f"{path}: not readable as a Pareto table ({exc})") from None
+        if "trial_id" not in rows.columns:
+            raise EcgTuneError(f"{path}: not a Pareto table (no trial_id column)")
+        return rows
+
     # Tune's per-trial results ----------------------------------------------------------------
 
     def histories(self, trial_id: str = "") -> dict[str, pd.DataFrame]:
@@ -291,13 +319,14 @@ class RunFolder:
 
     def write_report(self, test: dict[str, Any], validation: dict[str, float], config: dict[str, Any],
                      epochs: int, *, ensemble: dict[str, Any] | None = None,
-                     refit_seconds: float | None = None) -> dict[str, Any]:
+                     refit_seconds: float | None = None, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
         """report.json (its content is reporting/evaluation.py's, strict JSON); returns what was
         written, which equals what `report` reads back."""
         # imported here: evaluation.py imports sklearn, which reading a run folder does not need
         from ecg_tune.reporting.evaluation import report_content
 
-        report = report_content(test, validation, config, epochs, ensemble=ensemble, refit_seconds=refit_seconds)
+        report = report_content(test, validation, config, epochs, ensemble=ensemble, refit_seconds=refit_seconds,
+                                chosen=chosen)
         _write_atomic(self.report_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
         return report
 

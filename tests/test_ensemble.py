@@ -153,6 +153,10 @@ def test_choose_cap_takes_the_smallest_within_one_standard_error_of_the_best() -
     assert choose_cap(np.array([[0.5, 0.51], [0.5, 0.49], [0.5, 0.52]])) == 1
     assert choose_cap(np.array([[0.5, 0.7, 0.7], [0.7, 0.6, 0.6]])) == 1
     assert choose_cap(np.array([[0.7, 0.7], [0.6, 0.6]])) == 1  # ties: the smaller
+    # A size within an error of the best team that does not itself beat the single best is not
+    # a winner: the best team is (the CinC seed-1 case, where a majority-class trial joined).
+    halves = np.array([[0.5, 0.46, 0.52], [0.5, 0.56, 0.52], [0.5, 0.47, 0.53], [0.5, 0.55, 0.52]])
+    assert choose_cap(halves) == 3
 
 
 # select_ensemble: candidates as TrialPredictions over a small Records

@@ -39,6 +39,9 @@ from ecg_tune.runs import EnsembleMember, EnsembleRecord, RunFolder
 from ecg_tune.search.plan import SearchOptions
 from ecg_tune.training.network import build_network
 
+# A single model's bundle folder, sorted (the ONNX graph is written beside the weights).
+SINGLE_BUNDLE = ["config.json", "model.onnx", "onnx.json", "weights.pt"]
+
 DATA = "synthetic:60"
 # Two branches, so trials.csv leaves conditional keys blank (levels: NaN where transform is none)
 # and a member's config must be made whole from it.
@@ -133,7 +136,7 @@ def test_the_ensemble_report_names_members_and_the_single_best(ensemble_run) -> 
 def test_the_ensemble_bundle_predicts_the_weighted_mean_of_its_members(ensemble_run, tmp_path: Path) -> None:
     run, members = ensemble_run
     model = run.model_dir
-    assert sorted(p.name for p in model.iterdir()) == [ENSEMBLE, "members"]
+    assert sorted(p.name for p in model.iterdir()) == [ENSEMBLE, "members", "model.onnx", "onnx.json"]
     assert sorted(p.name for p in (model / "members").iterdir()) == sorted(members)
     bundle = load_bundle(model, device="cpu")
     assert isinstance(bundle, EnsembleBundle) and [t for t, _, _ in bundle.members] == list(members)
@@ -220,7 +223,7 @@ def test_without_ensemble_json_or_with_the_best_alone_the_refit_is_as_before(ens
     before = copy_run(ensemble_run[0].path, tmp_path / "none", None)
     assert (before.model_dir / ENSEMBLE).is_file()
     plain = run_refit(before)
-    assert sorted(p.name for p in before.model_dir.iterdir()) == ["config.json", "weights.pt"]
+    assert sorted(p.name for p in before.model_dir.iterdir()) == SINGLE_BUNDLE
     assert isinstance(load_bundle(before.model_dir, device="cpu"), Bundle)
     report = json.loads(before.report_path.read_text())
     assert set(report) == BASE_KEYS and report["epochs"] == before.best().epoch
@@ -231,7 +234,7 @@ def test_without_ensemble_json_or_with_the_best_alone_the_refit_is_as_before(ens
     for key in ("test", "validation", "config", "epochs"):  # the same model, refit the same way
         assert kept.report[key] == plain.report[key], key
     assert kept.report["ensemble"]["single_best"]["member"] is True
-    assert sorted(p.name for p in alone.model_dir.iterdir()) == ["config.json", "weights.pt"]
+    assert sorted(p.name for p in alone.model_dir.iterdir()) == SINGLE_BUNDLE
     records = test_records(alone)
     np.testing.assert_array_equal(load_bundle(alone.model_dir, device="cpu").predict(records),
                                   load_bundle(before.model_dir, device="cpu").predict(records))
@@ -245,7 +248,7 @@ def test_one_member_other_than_the_best_is_delivered_alone_beside_the_reference(
     ensemble = report["ensemble"]
     assert [m["trial_id"] for m in ensemble["members"]] == [order[1]] and ensemble["single_best"]["member"] is False
     assert {k: report["test"][k] for k in ensemble["members"][0]["test"]} == ensemble["members"][0]["test"]
-    assert sorted(p.name for p in run.model_dir.iterdir()) == ["config.json", "weights.pt"]  # a single model
+    assert sorted(p.name for p in run.model_dir.iterdir()) == SINGLE_BUNDLE  # a single model
     bundle = load_bundle(run.model_dir, device="cpu")
     assert isinstance(bundle, Bundle) and bundle.config.epochs == ensemble["members"][0]["epochs"]
     assert f"trial {order[1]} (chosen after the search)" in run.path.joinpath("report.html").read_text()
@@ -282,7 +285,7 @@ def test_ensemble_bundles_round_trip_without_a_search(tmp_path: Path) -> None:
     np.testing.assert_array_equal(weighted_mean([each[0]], [1.0]), each[0])
     # a single model written over it leaves a single-model bundle, as older refits wrote
     save_bundle(folder, members[0].network, None, members[0].config, classes, 300.0)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "weights.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == SINGLE_BUNDLE
     np.testing.assert_array_equal(load_bundle(folder, device="cpu").predict(records), each[0])
 
 

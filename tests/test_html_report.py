@@ -23,6 +23,7 @@ from ecg_tune.search.space import SearchSpace
 
 SEARCH_PLOTS = ("progress", "curves", "importance", "parallel", "slices")
 TEST_PLOTS = ("test-metrics", "per-class", "confusion", "refit-curves")
+PARETO_PLOTS = ("pareto-latency", "pareto-params")  # a run whose trials reported their costs
 
 
 
@@ -82,8 +83,8 @@ def test_search_and_refit_leave_a_self_contained_report(searched: tuple[Path, st
     page = (out / "report.html").read_text()
     assert_self_contained(page)
     parsed = parse(page)
-    assert parsed.plots == [f"plot-{name}" for name in SEARCH_PLOTS + TEST_PLOTS]
-    assert page.count("Plotly.newPlot(") == len(SEARCH_PLOTS + TEST_PLOTS)
+    assert parsed.plots == [f"plot-{name}" for name in SEARCH_PLOTS + PARETO_PLOTS + TEST_PLOTS]
+    assert page.count("Plotly.newPlot(") == len(SEARCH_PLOTS + PARETO_PLOTS + TEST_PLOTS)
     trials = pd.read_csv(out / "trials.csv")
     assert parsed.trial_rows == 1 + len(trials)  # the header row, then one per trial
     best = json.loads((out / "best_config.json").read_text())
@@ -110,7 +111,7 @@ def test_report_command_rebuilds_a_run_without_report_json(searched: tuple[Path,
     assert str(old.path / "report.html") in capsys.readouterr().out
     page = (old.path / "report.html").read_text()
     assert_self_contained(page)
-    assert parse(page).plots == [f"plot-{name}" for name in SEARCH_PLOTS]
+    assert parse(page).plots == [f"plot-{name}" for name in SEARCH_PLOTS + PARETO_PLOTS]
     assert "not evaluated yet" in page and "seconds since the search started" in page
 
 

@@ -77,7 +77,8 @@ def test_refit_writes_report_pictures_and_bundle(refitted: Path) -> None:
     assert report["epochs"] == json.loads((refitted / "best_config.json").read_text())["epoch"]
     for picture in ("confusion_matrix.png", "training_curves.png", "search_overview.png"):
         assert (refitted / picture).stat().st_size > 1000, picture
-    assert sorted(p.name for p in (refitted / "model").iterdir()) == ["config.json", "svm.skops", "weights.pt"]
+    assert sorted(p.name for p in (refitted / "model").iterdir()) == ["config.json", "model.onnx", "onnx.json",
+                                                                       "svm.skops", "weights.pt"]
 
 
 def test_predict_in_a_fresh_process_matches_the_test_report(refitted: Path, tmp_path: Path) -> None:

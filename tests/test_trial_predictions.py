@@ -11,6 +11,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -65,11 +66,13 @@ class Trial:
 
 @dataclass
 class _Epoch:
-    """What the trainable reads of a fit_folds epoch: metrics, a state, the predictions."""
+    """What the trainable reads of a fit_folds epoch: metrics, a state, the predictions, and each
+    fold's network and head (what its costs are measured on: stubbed by `_scripted`)."""
 
     epoch: int
     metrics: dict[str, Any]
     data: Any
+    folds: tuple[Any, ...] = (SimpleNamespace(network=None, head=None),)
 
     def state(self) -> dict[str, Any]:
         return {"folds": [{"epoch": self.epoch}]}
@@ -88,6 +91,8 @@ def _scripted(monkeypatch: pytest.MonkeyPatch, values: list[float], metric: str)
             yield _Epoch(epoch, {"epoch": epoch, metric: values[epoch - 1]}, data)
 
     monkeypatch.setattr(trainable, "fit_folds", fake_fit_folds)
+    # No network to measure: the trial's costs are given (tests/test_costs.py measures real ones).
+    monkeypatch.setattr(trainable.TrialCosts, "measure", classmethod(lambda cls, *args: cls(1, 1, 1.0)))
 
 
 def _train(small: Dataset, epochs: int, metric: str | None = None) -> None:

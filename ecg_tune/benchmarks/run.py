@@ -21,7 +21,7 @@ from ecg_tune.data import Dataset
 from ecg_tune.data.sources import LabelColumn
 
 Kind = Literal["pipeline", "search", "overhead", "gpu", "quality", "portfolio", "steadiness", "resample",
-               "precision"]
+               "precision", "deploy"]
 # CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cinc2017" / "training2017"
 # Records in play for --quick: enough for every code path, small enough for minutes.
@@ -64,6 +64,8 @@ class BenchmarkOptions(BaseModel):
     ensemble: int | None = Field(None, ge=1)  # resample, quality: --ensemble of each search
     seed: int | None = Field(None, ge=0)  # quality: the split's and the search's seed
     accuracy: bool = False  # precision: also fp32 against bf16 best validation scores
+    families: list[str] | None = None  # deploy: a subset of the model families
+    test_records: int | None = Field(None, ge=1)  # deploy: test records compared per family
 
     @field_validator("records")
     @classmethod
@@ -176,6 +178,16 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
             data, epochs=3 if quick else options.max_epochs or 20, seeds=1 if quick else options.seeds or 3,
             starts=options.starts, variants=options.variants, on_run=write_steadiness)
         table = steadiness.table(result)
+    elif options.benchmark == "deploy":
+        from ecg_tune.benchmarks import deploy
+
+        results_dir = (Path("runs") / f"benchmark-deploy-{stamp}").resolve()
+        result = deploy.run_deploy_benchmark(
+            dataset(), results_dir, families=options.families, epochs=1 if quick else options.max_epochs or 2,
+            train_records=300 if quick else options.records or 2000,
+            test_records=20 if quick else options.test_records or 200, cpus=_all_cpus())
+        result["bundles"] = str(results_dir)
+        table = deploy.table(result)
     elif options.benchmark == "precision":
         from ecg_tune.benchmarks import precision
 

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ecg_tune.data.records import Records
+
+if TYPE_CHECKING:
+    # Imported where views are made, not here: reading records (predict --runtime onnx on a
+    # device without PyTorch) goes through this package and must not need torch.
+    import torch
 
 
 @dataclass
@@ -83,6 +87,8 @@ def to_tensors(records: Records) -> TensorData:
 
 
 def _view(array: np.ndarray) -> torch.Tensor:
+    import torch
+
     if array.flags.writeable:
         return torch.from_numpy(array)
     # Object-store arrays are read-only; the training code never writes to these views, so

@@ -134,18 +134,31 @@ def _bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]
 
 
 def report_content(test: dict[str, Any], validation: dict[str, Any], config: dict[str, Any], epochs: int, *,
-                   ensemble: dict[str, Any] | None = None, refit_seconds: float | None = None) -> dict[str, Any]:
+                   ensemble: dict[str, Any] | None = None, refit_seconds: float | None = None,
+                   chosen: dict[str, Any] | None = None) -> dict[str, Any]:
     """report.json's content: the delivered model's test report, the single best trial's validation
     metrics, refitted config and epochs; with an ensemble its `ensemble` object (`ensemble_content`),
-    and the refit's wall time. numpy values become plain Python ones and NaN/inf become null, so
-    the file is strict JSON and this dict equals what a reader loads back."""
+    with a trial chosen by hand (`ecg-tune refit --trial`) its `chosen` object (`chosen_content`:
+    then validation, config and epochs are that trial's), and the refit's wall time. numpy values
+    become plain Python ones and NaN/inf become null, so the file is strict JSON and this dict
+    equals what a reader loads back."""
     content: dict[str, Any] = {"test": test, "validation": validation, "config": config, "epochs": int(epochs)}
     if ensemble is not None:
         content["ensemble"] = ensemble
+    if chosen is not None:
+        content["chosen"] = chosen
     if refit_seconds is not None:
         content["refit_seconds"] = round(float(refit_seconds), 1)
     report: dict[str, Any] = _json_ready(content)
     return report
+
+
+def chosen_content(trial_id: str, search_best: str, feasible: bool | None, config: dict[str, Any]) -> dict[str, Any]:
+    """report.json's `chosen`: the trial refit as the delivered model by hand instead of the search's
+    best (`search_best`), whether it met the run's constraints (None: the run recorded none) and its
+    own values (the sampled ones, made complete as a best config is)."""
+    return {"trial_id": trial_id, "by": "hand", "search_best": search_best, "feasible": feasible,
+            "config": dict(config)}
 
 
 @dataclass(frozen=True)

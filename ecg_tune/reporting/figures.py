@@ -1,11 +1,12 @@
-"""The page's plotly figures, one builder each, drawn from analysis.py's data.
+"""The page's plotly figures, one builder each, drawn from analysis.py's and pareto.py's data.
 
 Owns how report.html's figures look: the search's progress, the learning curves, the importance
-bars, the parallel coordinates, the slices, and the test report's metrics, per-class scores,
-confusion matrix and the winner's curves; plus the page's light theme (`template`) and the
-placeholder for a figure without data (`empty_figure`). No figure reads a file or works a number
-out of the trials itself: it is handed `Progress`, `Curve`s, `Parameter`s, scores, `Importances`
-or report.json's content. plotly is imported inside the builders: it costs import time.
+bars, the parallel coordinates, the slices, the Pareto plots (the metric against a cost), and the
+test report's metrics, per-class scores, confusion matrix and the winner's curves; plus the page's
+light theme (`template`) and the placeholder for a figure without data (`empty_figure`). No
+figure reads a file or works a number out of the trials itself: it is handed `Progress`,
+`Curve`s, `Parameter`s, scores, `Importances`, a `ParetoFront` or report.json's content. plotly
+is imported inside the builders: it costs import time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ecg_tune.reporting.analysis import (
     metric_curve,
 )
 from ecg_tune.reporting.importance import Importances
+from ecg_tune.reporting.pareto import CONFIG_KEYS, LATENCY, PARAMS, ParetoFront
 from ecg_tune.training.metrics import HEADLINE_METRICS, direction
 
 if TYPE_CHECKING:
@@ -186,6 +188,56 @@ def slices_figure(scores: pd.Series, parameters: list[Parameter], metric: str, w
         if column == 1:
             figure.update_yaxes(title_text=metric, row=row, col=column)
     figure.update_layout(height=max(320, 290 * rows))
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# The Pareto front
+# --------------------------------------------------------------------------------------------
+
+COST_LABELS = {LATENCY: "latency per record (ms, batch 1, one thread)", PARAMS: "parameters"}
+
+
+def pareto_figure(front: ParetoFront, cost: str, winner: str) -> Figure:
+    """The metric against one cost (`latency_ms` or `n_params`, log x) for every trial with both:
+    feasible trials as dots (those on this 2-D front larger, joined by the front's step line),
+    infeasible ones as crosses, the winner ringed."""
+    import plotly.graph_objects as go
+
+    metric, table = front.metric, front.table
+    flag = f"on_front_{cost}"
+    shown = table[table[metric].notna() & table[cost].notna()] if cost in table and metric in table else table[:0]
+    if shown.empty:
+        return empty_figure(f"no trial reported both {metric} and {cost}")
+    on_front = shown[flag] if flag in shown else pd.Series(False, index=shown.index)
+    extra = [c for c in CONFIG_KEYS if c in shown]
+    groups = ((shown[shown["feasible"] & ~on_front], "feasible", "circle", "rgba(110,110,110,0.6)", 7),
+              (shown[shown["feasible"] & on_front], "on the front", "circle", "#1f77b4", 10),
+              (shown[~shown["feasible"]], "infeasible (broke a constraint)", "x", "#ff7f0e", 8))
+    figure = go.Figure()
+    for rows, name, symbol, colour, size in groups:
+        if rows.empty:
+            continue
+        text = [f"trial {t}" + "".join(f"<br>{k} {fmt(row[k])}" for k in extra) + ("<br>the winner" if t == winner
+                                                                                     else "")
+                for t, (_, row) in zip(rows["trial_id"], rows.iterrows(), strict=True)]
+        figure.add_trace(go.Scatter(
+            x=rows[cost], y=rows[metric], mode="markers", name=name, text=text,
+            marker={"symbol": symbol, "color": colour, "size": size},
+            hovertemplate="%{text}<br>" + cost + " %{x:.4g}<br>" + metric + " %{y:.4f}<extra></extra>"))
+    steps = shown[shown["feasible"] & on_front].sort_values([cost, metric], kind="stable")
+    if len(steps) > 1:  # each step: the best metric up to that cost, until a costlier trial beats it
+        figure.add_trace(go.Scatter(x=steps[cost], y=steps[metric], mode="lines", name="Pareto front",
+                                    line={"shape": "hv", "width": 2, "color": "#1f77b4"}, hoverinfo="skip"))
+    best = shown[shown["trial_id"] == winner]
+    if not best.empty:  # a ring of its own, so that no group's legend entry wears it
+        figure.add_trace(go.Scatter(x=best[cost], y=best[metric], mode="markers", name=f"the winner ({winner})",
+                                    marker={"symbol": "circle-open", "size": 17, "color": BEST_COLOUR,
+                                            "line": {"width": 2}}, hoverinfo="skip"))
+    positive = bool((shown[cost] > 0).all())  # a log axis needs positive values
+    figure.update_layout(xaxis={"title": COST_LABELS.get(cost, cost) + (" (log scale)" if positive else ""),
+                                "type": "log" if positive else "linear"},
+                         yaxis_title=metric, height=420, legend={"orientation": "h", "y": -0.25})
     return figure
 
 

@@ -9,10 +9,14 @@ The page has:
 * the search: the best score so far over time with every reported epoch, every trial's learning
   curve, parameter importances, a parallel-coordinates view and per-parameter slices of the
   trials' configurations against their scores, and a table of trials sortable by any column;
+* the Pareto front (pareto.py): the metric against latency and against parameters, feasible and
+  infeasible trials marked apart, the front as a step line, and pareto.csv's table; a one-line
+  note instead for trials without cost columns (runs from before them);
 * once refitted, the test report of report.json: metrics with their 95 % intervals beside the
   validation scores, per-class figures, the confusion matrix, the refitted config's training
   curves and the winning config; when an ensemble was delivered, its members (weight, validation,
-  test) beside the single best trial's test figures.
+  test) beside the single best trial's test figures; when a trial was chosen by hand (`ecg-tune
+  refit --trial`), that trial's.
 
 Everything is read through `runs.RunFolder` and worked out by analysis.py and importance.py; the
 figures are figures.py's, whose JavaScript (plotly.js) is embedded once in the page's head, so the
@@ -24,13 +28,12 @@ carry their raw value in data-value).
 
 from __future__ import annotations
 
-import html
 import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,13 +55,11 @@ from ecg_tune.reporting.analysis import (
 )
 from ecg_tune.reporting.evaluation import headline
 from ecg_tune.reporting.importance import Importances, parameter_importances
+from ecg_tune.reporting.markup import escape, plot_block
+from ecg_tune.reporting.pareto import run_front
+from ecg_tune.reporting.pareto_section import pareto_section
 from ecg_tune.runs import BestConfig, RunFolder, TrialTable
 from ecg_tune.training.metrics import HEADLINE_METRICS, direction
-
-if TYPE_CHECKING:
-    from plotly.graph_objects import Figure
-
-_PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 @dataclass
@@ -84,9 +85,12 @@ class HtmlReport:
 
 def write_html_report(run: RunFolder, histories: dict[str, pd.DataFrame] | None = None) -> HtmlReport:
     """Write `<run>/report.html` from the run folder (`histories`: the trials' per-epoch results
-    when the caller has read them already). A folder without best_config.json is an EcgTuneError."""
+    when the caller has read them already). A folder without best_config.json is an EcgTuneError.
+    A run without pareto.csv (from before it) gets it here."""
     run.best()  # not a finished search: say so before the lock creates anything in the folder
     with run.lock():  # not while a search or refit writes the folder
+        if run.pareto() is None:
+            run.write_pareto(run_front(run).csv_rows())
         page, importances = build_page(run, histories)
         path = run.write_html_report(page)
     return HtmlReport(path=path, importances=importances, size=path.stat().st_size)
@@ -123,6 +127,7 @@ def build_page(run: RunFolder, histories: dict[str, pd.DataFrame] | None = None)
 
     sections = [header]
     sections.append(_search_section(best, table, scores, parameters, histories, importances, history_note))
+    sections.append(pareto_section(run_front(run), run.pareto(), best.trial_id))
     if report is not None:
         sections.append(_test_section(best, report, histories))
     title = f"ECG search report: {run.path.name}"
@@ -196,7 +201,8 @@ def _header(run: RunFolder, best: BestConfig, table: TrialTable, parameters: lis
     facts = "\n".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     links = ['<a href="#progress">progress</a>', '<a href="#importance">importances</a>',
              '<a href="#parallel">parallel coordinates</a>', '<a href="#slices">slices</a>',
-             '<a href="#trials">trials</a>'] + (['<a href="#test">test report</a>'] if report is not None else [])
+             '<a href="#trials">trials</a>', '<a href="#pareto">Pareto front</a>'] + (
+                 ['<a href="#test">test report</a>'] if report is not None else [])
     return (f"<header>\n<h1>Hyperparameter search: {_e(run.path.name)}</h1>\n"
             f"<p class=\"lede\">A Ray Tune search for the best ECG classifier configuration: each trial "
             f"trained one configuration and was scored on validation data after every epoch. This page "
@@ -208,6 +214,8 @@ def _header(run: RunFolder, best: BestConfig, table: TrialTable, parameters: lis
 
 def _delivered(report: dict[str, Any]) -> str:
     """How the delivered model was refitted: one trial for its epochs, or an ensemble's members."""
+    if report.get("chosen"):
+        return f"trial {report['chosen']['trial_id']} (chosen by hand) refitted for {epochs_text(report['epochs'])}"
     members = (report.get("ensemble") or {}).get("members") or [{"epochs": report["epochs"]}]
     if len(members) > 1:
         return f"an ensemble of {len(members)} trials, each refitted for its own epochs"
@@ -347,13 +355,20 @@ def _test_section(best: BestConfig, report: dict[str, Any], histories: dict[str,
     test = report["test"]
     classes = [str(c) for c in test["classes"]]
     members = len((report.get("ensemble") or {}).get("members", []))
-    retrained = (f"The delivered model is an ensemble of {members} trials chosen after the search (<a "
+    # `ecg-tune refit --trial`: the delivered model is that trial's, not the winner's.
+    chosen = report.get("chosen") or {}
+    trial_id, trial_config = chosen.get("trial_id", best.trial_id), chosen.get("config") or best.config
+    retrained = (f"Trial {_e(trial_id)}, chosen by hand (<code>ecg-tune refit --trial</code>) instead of the search's "
+                 f"winner {_e(best.trial_id)}, was retrained on the training and validation records together for "
+                 f"{epochs_text(report['epochs'])} (where it scored best), then evaluated once on the " if chosen else
+                 f"The delivered model is an ensemble of {members} trials chosen after the search (<a "
                  f"href=\"#ensemble\">below</a>): each was retrained on the training and validation records "
                  f"together for its own epochs, and their probabilities averaged with the weights shown; it was "
                  f"evaluated once on the " if members > 1 else
                  f"The winning configuration was retrained on the training and validation records together "
                  f"for {epochs_text(report['epochs'])} (where its trial scored best), then evaluated once on the ")
-    parts = ["<section id=\"test\">\n<h2>The winner on the test set</h2>", f"<p>{retrained}"
+    who = "chosen trial" if chosen else "winner"
+    parts = [f"<section id=\"test\">\n<h2>The {who} on the test set</h2>", f"<p>{retrained}"
              f"{test['n_records']} test records that no trial saw. These are the numbers to quote; the "
              f"validation scores above picked the winner, so they flatter it.</p>"]
     if "ensemble" in report:
@@ -373,17 +388,18 @@ def _test_section(best: BestConfig, report: dict[str, Any], histories: dict[str,
                        "Rows are the true classes, columns the predicted ones; each cell gives the number of "
                        "test records and that number as a share of its row (the colour). The diagonal is "
                        "what was classified right; off the diagonal, which classes are mistaken for which."))
-    parts.append(_plot("refit-curves", "Training curves of the winning configuration",
-                       figures.winner_curves_figure(histories.get(best.trial_id), best.metric, int(report["epochs"])),
+    parts.append(_plot("refit-curves", f"Training curves of the {'chosen' if chosen else 'winning'} configuration",
+                       figures.winner_curves_figure(histories.get(trial_id), best.metric, int(report["epochs"])),
                        f"The winning trial's losses (left axis) and {best.metric} (right axis) by epoch during "
                        f"the search. The refit trained the same configuration for the epochs up to the dashed "
                        f"line, on training + validation records; its own training loss is in "
                        f"training_curves.png beside this file."))
     # The trial's own values (report.json's config also lists every other part's defaults, e.g. a
     # MiniRocket option beside a CNN), with the epochs the refit trained.
-    config = {**best.config, "epochs": report["epochs"]}
+    config = {**trial_config, "epochs": report["epochs"]}
     rows = "\n".join(f"<tr><th>{_e(k)}</th><td>{_e(fmt(v))}</td></tr>" for k, v in config.items())
-    parts.append(f"<h3>The winning configuration</h3>\n<table class=\"facts config\">\n{rows}\n</table>\n"
+    parts.append(f"<h3>The {'chosen' if chosen else 'winning'} configuration</h3>\n"
+                 f"<table class=\"facts config\">\n{rows}\n</table>\n"
                  f"<p class=\"caption\">What the refit trained: the winning trial's values and the refit's "
                  f"epoch count; every other setting is the default. <code>ecg-tune train --config "
                  f"best_config.json</code> retrains it; the trained model is in <code>model/</code>.</p>")
@@ -445,12 +461,7 @@ def _ensemble_table(report: dict[str, Any]) -> str:
 
 # pieces -------------------------------------------------------------------------------------
 
-def _plot(anchor: str, title: str, figure: Figure, caption: str) -> str:
-    """A titled figure and its plain-language caption; plotly.js is in the page's head."""
-    figure.update_layout(template=figures.template(), margin_t=figure.layout.margin.t or 40)
-    div = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{anchor}", config=_PLOT_CONFIG)
-    return (f"<h3 id=\"{anchor}\">{_e(title)}</h3>\n<figure>{div}</figure>\n"
-            f"<p class=\"caption\">{_e(caption)}</p>")
+_plot, _e = plot_block, escape  # the shared pieces (markup.py), by their names on this page
 
 
 def _duration(seconds: float) -> str:
@@ -459,7 +470,3 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)

@@ -1,10 +1,20 @@
-"""The text `--dry-run` prints for an adapted space: effective values, conditions, start points, grid size."""
+"""The text `--dry-run` prints for an adapted space: effective values, conditions, start points, grid
+size; and how much of the space is feasible under the search's cost limits (`feasibility`, which
+search/plan.py puts in the plan, so that `--dry-run` and the search's first line both say it and a
+space with no feasible configuration fails before anything is trained)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ecg_tune.search.adapt import AdaptedSpace
 from ecg_tune.search.parameters import fmt
-from ecg_tune.search.samplers import grid_points
+from ecg_tune.search.samplers import CostCheck, grid_points, sample_configs
+from ecg_tune.training.costs import CostLimits
+from ecg_tune.training.reported import MACS, N_PARAMS
+
+# Configurations `feasibility` draws at random to say how much of a space meets the limits.
+FEASIBILITY_SAMPLES = 200
 
 
 def describe(eff: AdaptedSpace) -> str:
@@ -42,3 +52,52 @@ def describe(eff: AdaptedSpace) -> str:
                  if dropped else "")
         lines.append(f"Grid: {len(rows)} configs, each run once{extra}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    """How many of `sampled` configurations (random draws, or a grid's every point) meet the
+    limits checkable before training, and the smallest estimates seen."""
+
+    sampled: int
+    feasible: int
+    limits: CostLimits
+    smallest_params: float
+    smallest_macs: float
+    grid: bool = False
+    # "start point N: what it breaks" for each start point above the limits (the keys it leaves out
+    # drawn at random once: the searcher decides on the values it draws for them).
+    start_points: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """E.g. "feasible: 87 of 200 sampled configurations (params <= 20000)"."""
+        which = "grid configurations" if self.grid else "sampled configurations"
+        skipped = "".join(f"; {point} (skipped)" for point in self.start_points)
+        return f"feasible: {self.feasible} of {self.sampled} {which} ({self.limits.describe()}){skipped}"
+
+    def none_feasible(self) -> str:
+        """The one-line error of a space with no feasible configuration, naming the limits."""
+        names = {"max_params": "--max-params", "max_macs": "--max-macs"}
+        limited = ", ".join(f"{flag} {getattr(self.limits, name)}" for name, flag in names.items()
+                            if getattr(self.limits, name) is not None)
+        which = "of the grid configurations" if self.grid else f"of the {self.sampled} sampled configurations"
+        return (f"{limited}: none {which} is within the limit (the smallest: {self.smallest_params:.0f} parameters, "
+                f"{self.smallest_macs:.0f} MACs per record); raise the limit or search smaller networks")
+
+
+def feasibility(space: AdaptedSpace, limits: CostLimits, configs: list[dict] | None = None,
+                samples: int = FEASIBILITY_SAMPLES, seed: int = 0, check: CostCheck | None = None) -> Feasibility:
+    """The share of `configs` (default: `samples` drawn at random through the define-by-run
+    function, as `--dry-run` reports it) whose estimated parameters and MACs meet `limits`;
+    `check`: the estimates to use (and keep)."""
+    limits = limits.checked_before_training()
+    check = check or CostCheck(space, limits)
+    grid = configs is not None
+    drawn = configs if configs is not None else sample_configs(space, samples, seed)
+    figures = [check.figures(values) for values in drawn]
+    started = sample_configs(space, 0, seed, start=space.start)  # the start points as the searcher runs them
+    starts = tuple(f"start point {number}: {broken}" for number, values in enumerate(started, 1)
+                   if (broken := check.broken(values)))
+    return Feasibility(sampled=len(drawn), feasible=sum(limits.feasible(f) for f in figures), limits=limits,
+                       smallest_params=min((f[N_PARAMS] for f in figures), default=0.0),
+                       smallest_macs=min((f[MACS] for f in figures), default=0.0), grid=grid, start_points=starts)

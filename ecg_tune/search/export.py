@@ -9,6 +9,12 @@ best config holds the precision the winner's steps ran in (reported as `bf16`), 
 may have asked for, so that `ecg-tune train --config best_config.json` repeats the trial. The
 files are written by ecg_tune/runs.py.
 
+The best trial is chosen among the feasible ones: a trial that reported `feasible` 0.0 (it broke
+a cost limit: its latency above --max-latency-ms, its SVM stage above --max-params) cannot win;
+with no feasible trial the search ends in one line. Its device costs (`n_params`, `macs`,
+`latency_ms`, `feasible`: their final values) join the best config's metrics. In a
+multi-objective search the best is still the first objective's (the search's metric).
+
 Every trial with a best epoch also gets its validation predictions there (predictions/<trial>),
 read from its latest checkpoint on the experiment's storage (search/trainable.py keeps the best
 epoch's in each), and only when they are of that best epoch.
@@ -27,7 +33,16 @@ from ecg_tune.runs import BestConfig, RunFolder, TrialPredictions, TrialRecord, 
 from ecg_tune.search.trainable import PREDICTIONS_FILE, read_predictions, sampled_values, trial_config
 from ecg_tune.training.metrics import best_index, best_value
 from ecg_tune.training.precision import reported_precision
-from ecg_tune.training.reported import BF16, TRAINING_ITERATION, exported, finished, is_metric, spread_of
+from ecg_tune.training.reported import (
+    BF16,
+    COST_KEYS,
+    FEASIBLE,
+    TRAINING_ITERATION,
+    exported,
+    finished,
+    is_metric,
+    spread_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +83,21 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
     return records
 
 
+def feasible(record: TrialRecord) -> bool:
+    """Whether a trial met the search's cost limits (a trial from before they existed did)."""
+    return record.final.get(FEASIBLE, 1.0) > 0
+
+
 def pick_best(records: list[TrialRecord], metric: str, where: Path) -> TrialRecord:
-    """The trial with the best peak of `metric`."""
+    """The feasible trial with the best peak of `metric`."""
     scored = [r for r in records if r.best_epoch is not None]
     if not scored:
         raise EcgTuneError(f"{where}: no trial reported {metric}; see trials.csv and the experiment/ logs")
-    return scored[best_index(metric, [r.peak_metrics[metric] for r in scored])]
+    allowed = [r for r in scored if feasible(r)]
+    if not allowed:
+        raise EcgTuneError(f"{where}: no feasible trial: all {len(scored)} broke a cost limit (--max-latency-ms, or "
+                           f"--max-params with a fitted head); see trials.csv's final/{FEASIBLE} and its costs")
+    return allowed[best_index(metric, [r.peak_metrics[metric] for r in allowed])]
 
 
 def write_results(results: Any, run: RunFolder, metric: str, max_epochs: int, seed: int, data: str,
@@ -86,7 +110,8 @@ def write_results(results: Any, run: RunFolder, metric: str, max_epochs: int, se
     config = trial_config(winner.config, max_epochs, seed)
     if BF16 in winner.final:  # what its steps ran in, not what it asked (auto): train repeats the trial
         config["precision"] = reported_precision(winner.final[BF16])
-    best = BestConfig(config=config, metrics=winner.peak_metrics,
+    costs = {key: winner.final[key] for key in (*COST_KEYS, FEASIBLE) if key in winner.final}
+    best = BestConfig(config=config, metrics={**winner.peak_metrics, **costs},
                       epoch=int(winner.best_epoch or 0), trial_id=winner.trial_id, metric=metric, data=data,
                       threads=threads, cv=cv, split_digest=split_digest)
     run.write_best(best)  # first: the predictions are extras, the best config is the search's result

@@ -44,10 +44,22 @@ proposal from memory (Optuna is told COMPLETE with the twin's value, user attrib
 `repeat_of`) and asks again, up to `MAX_REPEATS` times before it lets a repeat run (the space
 may be exhausted). Only COMPLETE trials are remembered: a pruned one's value is partial.
 
-The Tune trial id is stored as the Optuna trial's user attribute `tune_trial_id`. Single
-objective only. What the searcher learns while the search runs is one `SearcherState`, which
-`save` pickles and `restore` reads back (--resume); Tune also pickles the whole searcher with
-the Tuner (tuner.pkl) and restores the state onto that copy.
+Cost limits (issue 26): with a `cost_check` (search/samplers.CostCheck), a configuration whose
+estimated parameters or MACs break the limits never reaches Tune: Optuna is told it PRUNED with
+its constraints set (`Trial.set_constraint`: each limit's relative excess; user attribute
+`infeasible`), so TPE counts it among the poor trials, and the searcher asks again, at most
+`MAX_INFEASIBLE` times in a row before it ends the search with one error line (a start point that
+breaks them is skipped with a warning). A trial that ran gets its constraints from its last result
+(the latency too, which only it measures) before it is told.
+
+Several objectives: with `objectives` (the first is `metric`) the study is multi-objective. Optuna
+takes no intermediate values there: a trial that ran out its epochs or ended by itself is told
+COMPLETE with every objective at its best epoch for the first (export.py's), a stopped one PRUNED.
+
+The Tune trial id is stored as the Optuna trial's user attribute `tune_trial_id`. What the searcher
+learns while the search runs is one `SearcherState`, which `save` pickles and `restore` reads back
+(--resume); Tune also pickles the whole searcher with the Tuner (tuner.pkl) and restores the state
+onto that copy.
 
 Lost suggestions: Tune saves the searcher together with the experiment, 10 s or more apart (and
 after every trial checkpoint when one checkpoint is kept). A driver that dies after a
@@ -85,7 +97,7 @@ import uuid
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage, InMemoryStorage
@@ -96,11 +108,18 @@ from ray.tune.search import Searcher
 from ecg_tune.search.upstream import LEGACY_ONLY, legacy_searcher_state
 from ecg_tune.training.reported import TRAINING_ITERATION, finished
 
+if TYPE_CHECKING:
+    from ecg_tune.search.samplers import CostCheck
+
 TUNE_TRIAL_ID = "tune_trial_id"
 REPEAT_OF = "repeat_of"
 SEARCH_ID = "search_id"
 LOST = "lost"
+INFEASIBLE = "infeasible"
 MAX_REPEATS = 16
+# Configurations in a row that break the cost limits before the searcher gives up (an estimate
+# costs tens of ms; plan.py has found feasible ones among random draws before the search).
+MAX_INFEASIBLE = 200
 # The study's name when none is given (tuner.py names every database study): Ray's OptunaSearch's.
 DEFAULT_STUDY_NAME = "optuna"
 # TPE's view of a large in-memory study (see the module's docstring and `benchmark overhead`):
@@ -131,11 +150,19 @@ class SearcherState:
     trials: dict[str, optuna.trial.Trial] = field(default_factory=dict)  # Tune trial id -> Optuna trial
     completed: set[str] = field(default_factory=set)  # Tune trial ids Optuna was told the end of
     reported: dict[str, dict[int, float]] = field(default_factory=dict)  # Tune trial id -> {step: metric}
-    # Parameters of every COMPLETE trial -> (its value, its Tune trial id).
-    finished: dict[tuple, tuple[float, str]] = field(default_factory=dict)
+    # Parameters of every COMPLETE trial -> (its value, or its values in a multi-objective study; its
+    # Tune trial id).
+    finished: dict[tuple, tuple[float | list[float], str]] = field(default_factory=dict)
     # Tells this search's trials from another's in a shared study (see `restore`); None in a
     # state saved before it existed.
     search_id: str | None = field(default_factory=lambda: uuid.uuid4().hex)
+    # Multi-objective: Tune trial id -> {step: every objective's value}.
+    objective_values: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    rejected: int = 0  # configurations that broke the cost limits before training, never run
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        # A state pickled before the fields added since has them at their defaults.
+        self.__dict__.update({"objective_values": {}, "rejected": 0, **saved})
 
     @classmethod
     def read(cls, saved: object) -> SearcherState:
@@ -190,9 +217,10 @@ class WindowedMemoryStorage(InMemoryStorage):
             return None
         counted, window = self._windows.get(study_id, (-1, frozenset()))
         if counted != len(finished):
+            # The best by the first objective (a multi-objective study's trials have several values).
             sign = -1.0 if self.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE else 1.0
-            complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
-            best = sorted(complete, key=lambda t: (sign * t.value, t.number))[:self.best]  # type: ignore[operator]
+            complete = [t for t in finished if t.state == TrialState.COMPLETE and t.values]
+            best = sorted(complete, key=lambda t: (sign * t.values[0], t.number))[:self.best]
             recent = sorted(finished, key=lambda t: t.number)[-self.recent:]
             window = frozenset(t.number for t in [*recent, *best])
             self._windows[study_id] = (len(finished), window)
@@ -235,13 +263,17 @@ class PruningAwareOptunaSearch(Searcher):
     single metric: `sampler` (default: TPE seeded with `seed`), `storage` and `study_name` (an
     existing study of that name is continued), `points_to_evaluate` (run first). Without a
     storage the study is kept in memory, shown to the sampler through a window of `model_window`
-    recent trials (plus the best: `WindowedMemoryStorage`; None: every trial, as Optuna does)."""
+    recent trials (plus the best: `WindowedMemoryStorage`; None: every trial, as Optuna does).
+    `objectives` and `modes`: a multi-objective study's keys and directions, `metric` and `mode`
+    first (None: `metric` alone); `cost_check`: the limits checked before training (None: none)."""
 
     def __init__(self, space: SpaceFunction, metric: str, mode: str,
                  points_to_evaluate: Sequence[Mapping[str, Any]] | None = None,
                  sampler: optuna.samplers.BaseSampler | None = None, study_name: str | None = None,
                  storage: BaseStorage | None = None, seed: int | None = None, *, max_epochs: int,
-                 pruned_as_complete: bool = False, model_window: int | None = MODEL_WINDOW) -> None:
+                 pruned_as_complete: bool = False, model_window: int | None = MODEL_WINDOW,
+                 objectives: Sequence[str] | None = None, modes: Sequence[str] | None = None,
+                 cost_check: CostCheck | None = None) -> None:
         if not callable(space):
             raise TypeError(f"space: a define-by-run function is needed, got {type(space).__name__}")
         if not isinstance(metric, str) or mode not in ("min", "max"):
@@ -251,17 +283,24 @@ class PruningAwareOptunaSearch(Searcher):
         points = list(points_to_evaluate or ())
         if not all(isinstance(point, Mapping) for point in points):
             raise TypeError("points_to_evaluate: a list of partial configurations (dicts) is needed")
+        objectives, modes = list(objectives or [metric]), list(modes or [mode])
+        if objectives[0] != metric or modes[0] != mode or len(objectives) != len(modes):
+            raise ValueError(f"objectives {objectives} with modes {modes}: the first must be the metric {metric!r} "
+                             f"({mode}), one mode each")
         super().__init__(metric=metric, mode=mode)
         self._space = space
         self._max_epochs = max_epochs
         self._pruned_as_complete = pruned_as_complete
+        self._objectives = objectives
+        self._cost_check = cost_check
+        self._points = [dict(point) for point in points]
         # Optuna's own pruner is never consulted (Tune's scheduler stops trials); NopPruner says so
         # in the study, as Ray's OptunaSearch did.
         in_memory = None if model_window is None else WindowedMemoryStorage(model_window)
         study = optuna.create_study(
             storage=storage or in_memory, sampler=sampler or optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.NopPruner(), study_name=study_name or DEFAULT_STUDY_NAME, load_if_exists=True,
-            direction="minimize" if mode == "min" else "maximize")
+            directions=["minimize" if m == "min" else "maximize" for m in modes])
         for point in points:
             study.enqueue_trial(dict(point))
         self._state = SearcherState(study, storage)
@@ -275,6 +314,10 @@ class PruningAwareOptunaSearch(Searcher):
     def max_epochs(self) -> int:
         return self._max_epochs
 
+    @property
+    def multi_objective(self) -> bool:
+        return len(self._objectives) > 1
+
     def __setstate__(self, saved: dict[str, Any]) -> None:
         # tuner.pkl of a search started before issue 23 holds the searcher of then: its
         # attributes, Ray OptunaSearch's among them, become today's (search/upstream.py).
@@ -282,6 +325,8 @@ class PruningAwareOptunaSearch(Searcher):
             state = SearcherState.read(saved)
             saved = {key: value for key, value in saved.items() if key not in LEGACY_ONLY}
             saved["_state"] = state
+        # A searcher pickled before issue 26: one objective, no limits, its points already enqueued.
+        saved = {"_objectives": [saved.get("_metric")], "_cost_check": None, "_points": [], **saved}
         self.__dict__.update(saved)
 
     # -- Tune's Searcher interface --------------------------------------------------------------
@@ -289,10 +334,22 @@ class PruningAwareOptunaSearch(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         state = self._state
         trial, config = self._ask(trial_id)
-        for _ in range(MAX_REPEATS):
+        repeats = rejected = 0
+        while True:
+            broken = self._cost_check.broken(config) if self._cost_check is not None else ""
+            if broken:
+                rejected += 1
+                self._reject(trial_id, trial, config, broken)
+                if rejected >= MAX_INFEASIBLE:
+                    logger.error("%d configurations in a row broke the cost limits (%s): no more trials are started",
+                                 rejected, self._cost_check.limits.describe() if self._cost_check else "")
+                    return Searcher.FINISHED  # type: ignore[return-value]  # Tune's answer for "no more trials"
+                trial, config = self._ask(trial_id)
+                continue
             twin = state.finished.get(_params_key(trial.params))
-            if twin is None:
+            if twin is None or repeats >= MAX_REPEATS:
                 break
+            repeats += 1
             value, twin_id = twin
             del state.trials[trial_id]
             trial.set_user_attr(REPEAT_OF, twin_id)
@@ -301,6 +358,21 @@ class PruningAwareOptunaSearch(Searcher):
         trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
         trial.set_user_attr(SEARCH_ID, state.search_id)
         return config
+
+    def _reject(self, trial_id: str, trial: optuna.trial.Trial, config: dict[str, Any], broken: str) -> None:
+        """Tell Optuna that `trial` breaks the cost limits (PRUNED, with its constraint values: TPE
+        counts it among the poor trials), without Tune ever running it."""
+        assert self._cost_check is not None
+        state = self._state
+        del state.trials[trial_id]
+        for key, excess in self._cost_check.violations(config).items():
+            trial.set_constraint(key, excess)
+        trial.set_user_attr(INFEASIBLE, broken)
+        state.study.tell(trial, state=TrialState.PRUNED)
+        state.rejected += 1
+        start = next((p for p in self._points if all(config.get(k) == v for k, v in p.items())), None)
+        (logger.warning if start else logger.info)("%s not trained: it breaks the cost limits (%s)",
+                                                   f"start point {start}" if start else "a configuration", broken)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._state.completed:
@@ -320,20 +392,30 @@ class PruningAwareOptunaSearch(Searcher):
         if result and not error:
             self._report(trial_id, result)  # the stopping result never came through on_trial_result
         history = state.reported.pop(trial_id, {})
+        values = state.objective_values.pop(trial_id, {})
         finite = [v for v in history.values() if not math.isnan(v)]
-        value: float | None = None
+        value: float | list[float] | None = None
         if error:
             outcome = TrialState.FAIL
         elif history and (max(history) >= self._max_epochs or finished(result)):
             if finite:
-                outcome, value = TrialState.COMPLETE, (max if self.mode == "max" else min)(finite)
+                best = (max if self.mode == "max" else min)(finite)
+                step = min(s for s, v in history.items() if v == best)  # the first of equal bests, as export.py
+                outcome, value = TrialState.COMPLETE, values.get(step) if self.multi_objective else best
             else:
                 outcome = TrialState.FAIL
         elif history and self._pruned_as_complete:
             # Ray's OptunaSearch: COMPLETE with the stopping result's value (the last epoch's).
-            outcome, value = TrialState.COMPLETE, history[max(history)]
+            last = max(history)
+            outcome, value = TrialState.COMPLETE, values.get(last) if self.multi_objective else history[last]
         else:
             outcome = TrialState.PRUNED  # value: Optuna takes the last intermediate one
+        if outcome == TrialState.COMPLETE and value is None:  # an objective missing at the best epoch
+            logger.warning("Trial %s lacks an objective (%s): told FAIL", trial_id, ", ".join(self._objectives))
+            outcome = TrialState.FAIL
+        if result and not error and self._cost_check is not None:
+            for key, excess in self._cost_check.limits.violations(result).items():
+                trial.set_constraint(key, excess)  # what the trial measured: TPE learns the latency limit too
         try:
             state.study.tell(trial, value, state=outcome)
         except Exception as exc:  # as Ray's OptunaSearch: a value Optuna refuses must not end the search
@@ -375,9 +457,17 @@ class PruningAwareOptunaSearch(Searcher):
         if metric is None or step is None:
             return
         history = self._state.reported.setdefault(trial_id, {})
-        if int(step) not in history:  # a trial restarted from a checkpoint repeats epochs
-            history[int(step)] = float(metric)
+        if int(step) in history:  # a trial restarted from a checkpoint repeats epochs
+            return
+        history[int(step)] = float(metric)
+        if not self.multi_objective:
             trial.report(float(metric), int(step))
+            return
+        # Optuna takes no intermediate values in a multi-objective study: kept here for the tell.
+        found = [result.get(key) for key in self._objectives]
+        numbers = [float(v) for v in found if isinstance(v, int | float) and not math.isnan(v)]
+        if len(numbers) == len(found):
+            self._state.objective_values.setdefault(trial_id, {})[int(step)] = numbers
 
     def _fail_lost_trials(self) -> None:
         """Tell FAIL this search's RUNNING trials that the restored state does not know: they

@@ -6,12 +6,24 @@ search/space.py). `make_plan` combines them with the adapted space's settings an
 size into a `Plan`: the ranking metric and its direction, the budget, the searcher, ASHA's
 schedule (the rules for its grace period and TPE's start-up trials live here only), resources
 per trial and, for a grid space, its configs. Pure: no Ray; `--dry-run` and the tuner both use it.
+
+Cost limits (`--max-params`, `--max-macs`, `--max-latency-ms`, over the space's `search:` ones):
+the plan holds them (`CostLimits`) and, when parameters or MACs are limited, how much of the space
+meets them (search/describe.feasibility: 200 random draws, or every grid point, estimated before
+training). A space with no feasible draw fails here, in one line naming the limit; a grid keeps
+its feasible points only.
+
+Objectives (`--objectives val_cinc_f1,latency_ms`, or the space's): the first must be a
+validation metric, and is the search's metric (what the best trial, the progress and ASHA rank
+by); the others are validation metrics or device costs (training/reported.py's COST_KEYS, each
+minimised). With more than one, the Optuna searcher runs a multi-objective study and the
+scheduler stays ASHA on the first objective (or FIFO when asked): see `MULTI_OBJECTIVE_SCHEDULE`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +32,32 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ecg_tune.errors import ConfigError
 from ecg_tune.search.adapt import AdaptedSpace
 from ecg_tune.search.cluster import DEFAULT_CONNECT_TIMEOUT
-from ecg_tune.search.samplers import grid
-from ecg_tune.search.space import GracePeriod, MaxEpochs, NumSamples, ReductionFactor, TimeBudget
+from ecg_tune.search.describe import Feasibility, feasibility
+from ecg_tune.search.samplers import CostCheck, grid
+from ecg_tune.search.space import (
+    CostCount,
+    GracePeriod,
+    LatencyLimit,
+    MaxEpochs,
+    NumSamples,
+    ReductionFactor,
+    TimeBudget,
+    objective_names,
+)
+from ecg_tune.training.costs import CostLimits
 from ecg_tune.training.folds import CvOption, Validation
 from ecg_tune.training.metrics import Direction, direction, ranking_metric, validation_metrics
+from ecg_tune.training.reported import COST_KEYS
+
+# Why ASHA keeps ranking rungs by the first objective alone in a multi-objective search (the plan
+# says it): a trial's costs are fixed by its config and known from its first epoch, so a rung
+# learns nothing new about them, while accuracy is what more epochs change; Optuna cannot prune a
+# multi-objective study and Tune's ASHA takes one metric. The price: a cheap, less accurate
+# configuration may be stopped at a low rung (it still reports its costs, and Optuna models it
+# as pruned); --scheduler fifo trains every trial out, for a fuller front at more cost per trial.
+MULTI_OBJECTIVE_SCHEDULE = ("ASHA's rungs rank by the first objective only: costs are fixed from a trial's first "
+                            "epoch, so a rung learns nothing new about them (--scheduler fifo trains every trial "
+                            "out for a fuller front)")
 
 # A trial that raises is retried from its checkpoint this many times before it counts as errored.
 MAX_TRIAL_FAILURES = 2
@@ -49,6 +83,12 @@ class SearchOptions(BaseModel):
     pruned_as_complete: bool = False
     scheduler: Literal["asha", "fifo"] = "asha"
     metric: str | None = None  # None: val_cinc_f1 with the CinC classes, else val_macro_f1
+    # Several objectives (the first: the metric), e.g. "val_cinc_f1,latency_ms"; None: the space's.
+    objectives: tuple[str, ...] | None = None
+    # Cost limits (training/costs.py); None: the space's search.max_params etc., else none.
+    max_params: CostCount | None = None
+    max_macs: CostCount | None = None
+    max_latency_ms: LatencyLimit | None = None
     rung_metric: str | None = None  # None: the space's search.rung_metric, else the metric
     # K-fold cross-validation ranks trials (1: the split's val part; auto: K folds below a val
     # size, see training/folds.py)
@@ -86,6 +126,11 @@ class SearchOptions(BaseModel):
                 raise ValueError(f"{name}={amount:g}: an amount must be above 0")
         return value
 
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _split_objectives(cls, value: object) -> object:
+        return objective_names(value)
+
     @field_validator("cv")
     @classmethod
     def _folds(cls, value: CvOption) -> CvOption:
@@ -117,6 +162,16 @@ class Plan:
     folds: int = 1  # cross-validation folds per trial (1: the split's val part)
     validation: str = ""  # how trials are validated, in words
     points: list[dict[str, Any]] | None = None  # a grid space's configs, each run once (samplers.grid)
+    # A multi-objective search's objectives, the first being `metric`; (): a single-objective search.
+    objectives: tuple[str, ...] = ()
+    limits: CostLimits = field(default_factory=CostLimits)
+    # How much of the space meets the limits checkable before training (None: none set).
+    feasibility: Feasibility | None = None
+
+    @property
+    def directions(self) -> list[Direction]:
+        """Each objective's direction (the metric's alone for a single-objective search)."""
+        return [direction(name) for name in self.objectives or (self.metric,)]
 
     def describe(self) -> str:
         gpu = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ", no GPU"
@@ -131,10 +186,28 @@ class Plan:
             schedule += f" with rungs ranked by {self.rung_metric}"
         best = "lowest" if self.mode == "min" else "highest"
         validation = f"; validation: {self.validation}" if self.validation else ""
-        return (f"{self.limits()}; by {self.searcher}, {schedule}, ranked by {self.metric} ({best} wins); "
-                f"each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once{validation}")
+        ranked = f"ranked by {self.metric} ({best} wins)"
+        if self.objectives:
+            named = ", ".join(f"{name} ({way})" for name, way in zip(self.objectives, self.directions, strict=True))
+            ranked = (f"objectives {named}: a multi-objective study, the best trial {ranked}"
+                      + (f"; {MULTI_OBJECTIVE_SCHEDULE}" if self.scheduler == "asha" else ""))
+        return (f"{self.budget()}; by {self.searcher}, {schedule}, {ranked}; "
+                f"each trial {self.cpus_per_trial:g} CPU{gpu}; up to {self.max_concurrent} at once{validation}"
+                f"{self.describe_limits()}")
 
-    def limits(self) -> str:
+    def describe_limits(self) -> str:
+        """The cost limits and how they are applied ("" without any)."""
+        if not self.limits:
+            return ""
+        parts = [f"; limits: {self.limits.describe()}"]
+        if self.feasibility is not None:
+            parts.append(f"{self.feasibility.describe()}; the others are not trained")
+        if self.limits.max_latency_ms is not None:
+            parts.append("latency is measured by each trial: one above the limit is marked infeasible and cannot "
+                         "be the best")
+        return "; ".join(parts)
+
+    def budget(self) -> str:
         """Which limits end the search."""
         if self.time_budget and self.num_samples is None:
             return f"trials until the time budget of {self.time_budget:g} s is spent"
@@ -148,7 +221,8 @@ def make_plan(options: SearchOptions, space: AdaptedSpace, cluster_cpus: float, 
     """Resources and schedule from the options, the adapted space's settings and the cluster's
     size; `validation` (training/folds.choose_validation) is described in the plan."""
     settings, facts = space.search, space.facts
-    metric = options.metric or ranking_metric(facts.classes)
+    objectives = check_objectives(options.objectives or settings.objectives or (), facts.classes, options.metric)
+    metric = objectives[0] if objectives else options.metric or ranking_metric(facts.classes)
     if metric not in validation_metrics(facts.classes):
         choices = ", ".join(validation_metrics(facts.classes))
         raise ConfigError(f"--metric {metric}: not reported; choose one of {choices}")
@@ -171,7 +245,21 @@ def make_plan(options: SearchOptions, space: AdaptedSpace, cluster_cpus: float, 
         fits = min(fits, math.floor(cluster_gpus / gpus + 1e-9))
     time_budget = options.time_budget or settings.time_budget
     num_samples: int | None
+    def given(name: str) -> Any:  # the command line's limit over the space's
+        value = getattr(options, name)
+        return value if value is not None else getattr(settings, name)
+
+    limits = CostLimits(max_params=given("max_params"), max_macs=given("max_macs"),
+                        max_latency_ms=given("max_latency_ms"))
     points = grid(space) if space.is_grid else None
+    feasible = None
+    if limits.before_training:
+        check = CostCheck(space, limits)
+        feasible = feasibility(space, limits, configs=points, seed=options.seed, check=check)
+        if not feasible.feasible:
+            raise ConfigError(feasible.none_feasible())
+        if points is not None:  # a grid runs its feasible points only (the check keeps their estimates)
+            points = [point for point in points if not check.broken(point)]
     if points is not None:
         num_samples = options.num_samples or len(points)
     elif time_budget:
@@ -201,7 +289,31 @@ def make_plan(options: SearchOptions, space: AdaptedSpace, cluster_cpus: float, 
         points=points,
         folds=validation.k if validation else 1,
         validation=validation.description if validation else "",
+        objectives=objectives if len(objectives) > 1 else (),
+        limits=limits,
+        feasibility=feasible,
     )
+
+
+def check_objectives(names: tuple[str, ...] | list[str], classes: list[str], metric: str | None) -> tuple[str, ...]:
+    """The objectives of a search, checked (ConfigError naming the key): each a validation metric
+    of these classes or a device cost, none twice, the first a validation metric (the search's
+    metric: `--metric`, when also given, must be it)."""
+    metrics = validation_metrics(classes)
+    for name in names:
+        if name not in metrics and name not in COST_KEYS:
+            raise ConfigError(f"--objectives {name}: not a reported key with a direction; choose validation metrics "
+                              f"({', '.join(metrics)}) or costs ({', '.join(COST_KEYS)})")
+    if names and names[0] not in metrics:
+        raise ConfigError(f"--objectives {names[0]}: the first objective must be a validation metric (it ranks the "
+                          f"best trial and ASHA's rungs), one of {', '.join(metrics)}")
+    twice = sorted({name for name in names if list(names).count(name) > 1})
+    if twice:
+        raise ConfigError(f"--objectives {twice[0]}: named twice")
+    if names and metric is not None and metric != names[0]:
+        raise ConfigError(f"--metric {metric}: a multi-objective search is ranked by its first objective "
+                          f"({names[0]}); drop --metric or put it first in --objectives")
+    return tuple(names)
 
 
 def _grace_seconds(time_budget: float | None) -> float:

@@ -1,8 +1,15 @@
-"""What the searchers take from an adapted space: Optuna's define-by-run function, and the grid.
+"""What the searchers take from an adapted space: Optuna's define-by-run function, the grid, and
+the check of a sampled configuration's costs against the search's limits.
 
 Both respect the space's conditions and cap each trial's limited options (the wavelet's levels)
 at what its own input length and options allow (search/adapt.py's `trial_limits`). They take the
 `AdaptedSpace` the pipeline made once; nothing here adapts a space again.
+
+`CostCheck` estimates a sampled configuration's parameters and MACs before it is trained
+(training/costs.config_costs, on the data's input length and classes), so that the Optuna
+searcher rejects, and the grid skips, a configuration above `--max-params` / `--max-macs`.
+`sample_configs` draws configurations at random through the same define-by-run function
+(`--dry-run`'s share of feasible configurations, search/describe.py).
 """
 
 from __future__ import annotations
@@ -10,16 +17,18 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ecg_tune.config import default_value
+from ecg_tune.config import default_value, make_config
 from ecg_tune.errors import ConfigError
 from ecg_tune.search.adapt import AdaptedSpace, DataFacts, trial_limits
 from ecg_tune.search.parameters import Choice, Constant, IntRange
 from ecg_tune.search.space import check_grid
+from ecg_tune.training.costs import CostLimits, config_costs
 
 if TYPE_CHECKING:  # optuna is only needed by the caller that runs a study
     import optuna
 
-__all__ = ["DefineByRun", "define_by_run", "grid", "grid_points", "optuna_trial_values"]
+__all__ = ["CostCheck", "DefineByRun", "define_by_run", "grid", "grid_points", "optuna_trial_values",
+           "sample_configs"]
 
 
 class DefineByRun:
@@ -115,3 +124,58 @@ def clamped_to_limits(chosen: dict[str, Any], facts: DataFacts, min_input: int) 
         if chosen.get(key, default_value(key)) > limit:
             out[key] = limit
     return out
+
+
+def sample_configs(space: AdaptedSpace, n: int, seed: int = 0,
+                   start: tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:
+    """`n` configurations drawn by Optuna's RandomSampler through the space's define-by-run
+    function (conditions, constants and limited options as a search's trials get them), after
+    one per `start` point (its values, the keys it leaves out drawn), as the searcher runs them."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a study anyone follows
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for point in start:
+        study.enqueue_trial(dict(point))
+    space_function = define_by_run(space)
+    configs = []
+    for _ in range(len(start) + n):
+        trial = study.ask()
+        constants = space_function(trial)  # first: it makes the suggest calls behind trial.params
+        configs.append(optuna_trial_values(trial.params, constants))
+    return configs
+
+
+class CostCheck:
+    """A sampled configuration's estimated costs (training/costs.config_costs) against the limits
+    checkable before training; a class so that it pickles with the searcher. Estimates are kept
+    per network (the model, the transform, their options, the input length): configurations
+    that differ in training keys only (lr, augmentation) cost one estimate."""
+
+    def __init__(self, space: AdaptedSpace, limits: CostLimits) -> None:
+        self.limits = limits
+        self.default_input_length = space.facts.default_input_length
+        self.n_classes = len(space.facts.classes)
+        self._known: dict[str, dict[str, float]] = {}
+
+    def figures(self, values: dict[str, Any]) -> dict[str, float]:
+        """The estimated `n_params` and `macs` of a trial's sampled values."""
+        config = make_config(values, where="sampled configuration")
+        length = config.input_length or self.default_input_length
+        key = json.dumps([config.model, config.part_options("model"), config.transform,
+                          config.part_options("transform"), length], sort_keys=True, default=str)
+        if key not in self._known:
+            self._known[key] = config_costs(config, length, self.n_classes).reported()
+        return self._known[key]
+
+    def broken(self, values: dict[str, Any]) -> str:
+        """The limits the configuration breaks before training, in words ("" when none)."""
+        return self.limits.broken(self.figures(values)) if self.limits.before_training else ""
+
+    def violations(self, values: dict[str, Any]) -> dict[str, float]:
+        """Each pre-training limit's relative excess (Optuna's constraints; <= 0: within it)."""
+        return self.limits.violations(self.figures(values)) if self.limits.before_training else {}

@@ -33,7 +33,17 @@ import difflib
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ecg_tune.config import config_keys, is_whole_number, make_config
 from ecg_tune.errors import ConfigError, problem_text
@@ -51,8 +61,8 @@ from ecg_tune.search.parameters import (
 )
 from ecg_tune.signal.transforms import TRANSFORMS
 
-__all__ = ["Choice", "Constant", "FloatRange", "IntRange", "Parameter", "ParameterBase", "SearchSettings",
-           "SearchSpace", "check_grid", "check_value"]
+__all__ = ["Choice", "Constant", "CostCount", "FloatRange", "IntRange", "LatencyLimit", "Parameter", "ParameterBase",
+           "SearchSettings", "SearchSpace", "check_grid", "check_value", "objective_names"]
 
 RESERVED = ("description", "search", "start")
 
@@ -63,6 +73,27 @@ GracePeriod = Annotated[StrictInt, Field(ge=1)]  # ASHA: epochs before a trial m
 ReductionFactor = Annotated[StrictInt | StrictFloat, Field(gt=1)]  # ASHA keeps 1/this per rung
 NumSamples = Annotated[StrictInt, Field(ge=1)]  # trials (a grid runs every config once)
 TimeBudget = Annotated[StrictInt | StrictFloat, Field(gt=0)]  # seconds
+
+
+def _whole(value: int | float) -> int:
+    """A count given as 2e4 (a float on the command line) is the whole number it names."""
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"expected a whole number, got {value:g}")
+    return int(value)
+
+
+# Cost limits (training/costs.py): trials above them are not trained (parameters, MACs: checked on
+# the config before training) or cannot be the best (latency: measured by the trial).
+CostCount = Annotated[StrictInt | StrictFloat, Field(ge=1), AfterValidator(_whole)]
+LatencyLimit = Annotated[StrictInt | StrictFloat, Field(gt=0)]  # milliseconds
+
+
+def objective_names(value: object) -> object:
+    """Objectives given as text ("val_cinc_f1,latency_ms") as a list of names; anything else as
+    given (the field's type checks it). The names are checked against the data by search/plan.py."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
 
 
 class SearchSettings(BaseModel):
@@ -88,6 +119,19 @@ class SearchSettings(BaseModel):
     # TPE's random start-up trials (None: a quarter of a capped search, 2 to 10; 5 under a time
     # budget, where a laptop's few minutes start only a handful of trials on long records).
     startup_trials: NumSamples | None = None
+    # Cost limits (None: none). The command line's --max-params, --max-macs, --max-latency-ms
+    # override them.
+    max_params: CostCount | None = None
+    max_macs: CostCount | None = None
+    max_latency_ms: LatencyLimit | None = None
+    # Several objectives (a list, or "val_cinc_f1,latency_ms"): a multi-objective search, the first
+    # a validation metric that ASHA's rungs and the best trial rank by (search/plan.py).
+    objectives: tuple[str, ...] | None = None
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _split_objectives(cls, value: object) -> object:
+        return objective_names(value)
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SearchSettings:
@@ -274,8 +318,9 @@ def space_error(exc: ValidationError, parameters: Mapping[str, Any]) -> str:
     if loc[:1] == ["search"] and kind == "extra_forbidden":
         known = list(SearchSettings.model_fields)
         close = difflib.get_close_matches(loc[1], known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        message = f"unknown setting{hint}; known: {', '.join(known)}"
+        # A close match is the likely fix; the whole list only when there is none (it is long).
+        message = (f"unknown setting (did you mean {close[0]!r}?)" if close
+                   else f"unknown setting; known: {', '.join(known)}")
     elif kind == "union_tag_not_found":
         message = f"missing `type:` (one of {', '.join(KINDS)})"
     elif kind == "union_tag_invalid":

@@ -22,6 +22,14 @@ above 1), else starts again from epoch 1. Each result carries its epoch as `trai
 so ASHA's rungs, Optuna's steps and the exported best epoch stay the loop's epochs after such a
 step back (Tune's own counter would continue from the lost checkpoint's epoch).
 
+Every result also carries the trial's device costs (training/costs.py): `n_params`, `macs`,
+`latency_ms`, measured once at the first epoch (after any fitted head's first fit) on the trial's
+worker, a kept-apart head's size updated as it is refitted, and `feasible` against the search's
+limits (`limits`: 0.0 for a trial above `--max-latency-ms`, or whose SVM stage takes it above
+`--max-params`). Under cross-validation they are added once, after the folds' results are
+combined (fold 0's network; the heads' sizes averaged). The checkpoint keeps the measurement
+(`COSTS_KEY`), so a resumed trial reports the same figures.
+
 A trial on a GPU share that runs out of CUDA memory ends with one line (`OutOfGpuMemory`: its
 model, input length and batch size, its share, what to change) instead of torch's traceback; the
 search goes on (`out_of_memory_as_failure`). The trial's device and memory cap are
@@ -52,12 +60,14 @@ from ecg_tune.data.tensors import TensorData
 from ecg_tune.errors import OutOfGpuMemory
 from ecg_tune.runs import TrialPredictions
 from ecg_tune.storage import CHECKPOINT_NAME, checkpoint_folders
+from ecg_tune.training.costs import CostLimits, TrialCosts
 from ecg_tune.training.device import gpu_share
 from ecg_tune.training.folds import Fold, FoldsEpoch, fit_folds
 from ecg_tune.training.metrics import better, ranking_metric
 from ecg_tune.training.reported import TRAINING_ITERATION
 
 STATE_FILE = "state.pt"
+COSTS_KEY = "costs"  # in STATE_FILE beside the loop's state: `TrialCosts.state()`
 PREDICTIONS_FILE = "predictions.parquet"  # in every checkpoint: `BestPredictions.content`
 WARNINGS_FILE = "restore_warnings.txt"  # in the trial's folder, beside Tune's error.txt
 # A grid space's trials carry their whole point under this key (see search/tuner.py).
@@ -88,23 +98,27 @@ def trial_config(config: dict, max_epochs: int, seed: int) -> dict:
 
 
 def train_trial(config: dict, data: TensorData, folds: Sequence[Fold], max_epochs: int, seed: int,
-                metric: str | None = None) -> None:
-    """Tune function trainable (bind data, folds and the metric with `tune.with_parameters`);
-    `folds`: the (train, val) index pairs of `Validation.folds`, one pair for the split's own
-    parts; `metric`: the search's ranking metric, whose best epoch's predictions every checkpoint
-    keeps (None: the data's default, `ranking_metric`)."""
+                metric: str | None = None, limits: CostLimits | None = None) -> None:
+    """Tune function trainable (bind data, folds, the metric and the limits with
+    `tune.with_parameters`); `folds`: the (train, val) index pairs of `Validation.folds`, one pair
+    for the split's own parts; `metric`: the search's ranking metric, whose best epoch's
+    predictions every checkpoint keeps (None: the data's default, `ranking_metric`); `limits`:
+    the search's cost limits, which `feasible` reports against (None: none)."""
     train_config = make_config(trial_config(config, max_epochs, seed), where="trial config")
     metric = metric or ranking_metric(data.classes)
     with out_of_memory_as_failure(train_config):
         resume, best = restore_state(tune.get_checkpoint(), len(folds), metric)
+        costs = TrialCosts.from_state((resume or {}).get(COSTS_KEY))
         for result in fit_folds(train_config, data, folds, resume=resume):
             best = BestPredictions.keep(best, metric, result, data)
+            if costs is None:  # once per trial: at its first epoch, any head fitted by then
+                costs = TrialCosts.measure(result.folds[0].network, result.folds[0].head, train_config)
+            metrics = {**result.metrics, **costs.figures([fold.head for fold in result.folds], limits)}
             with tempfile.TemporaryDirectory() as folder:
-                torch.save(result.state(), Path(folder) / STATE_FILE)
+                torch.save({**result.state(), COSTS_KEY: costs.state()}, Path(folder) / STATE_FILE)
                 if best is not None:
                     (Path(folder) / PREDICTIONS_FILE).write_bytes(best.content)
-                tune.report(report_metrics(result.metrics, result.epoch),
-                            checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report(report_metrics(metrics, result.epoch), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 @contextmanager

@@ -5,7 +5,9 @@ dataset in the object store once and runs Tune with the Optuna searcher (TPE or 
 search/optuna_search.py) or the grid of a grid space, and ASHA (or FIFO), ranking by the metric
 in its own direction (training/metrics.py), with the callbacks the caller passes in (tracking is
 the pipeline's: this module knows no integration). The pipeline (ecg_tune/pipeline.py) writes
-the results.
+the results. The plan's cost limits reach the searcher (configurations above the parameter and
+MAC limits are never trained) and every trial (which reports `feasible` against all of them); its
+objectives make the Optuna study multi-objective, ASHA keeping to the first (search/plan.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ecg_tune.errors import ConfigError, SearchInterrupted
 from ecg_tune.search.adapt import AdaptedSpace
 from ecg_tune.search.cluster import check_storage_shared, connect
 from ecg_tune.search.plan import Plan, SearchOptions, make_plan
-from ecg_tune.search.samplers import define_by_run
+from ecg_tune.search.samplers import CostCheck, define_by_run
 from ecg_tune.search.trainable import GRID_KEY
 from ecg_tune.storage import EXPERIMENT, ExperimentStorage
 from ecg_tune.training.folds import Validation, choose_validation
@@ -75,7 +77,7 @@ def run_search(options: SearchOptions, space: AdaptedSpace, dataset: Dataset, pl
 
     trainable = tune.with_parameters(
         train_trial, data=dataset.tensors, folds=validation.folds, max_epochs=plan.max_epochs, seed=options.seed,
-        metric=plan.metric)
+        metric=plan.metric, limits=plan.limits)
     trainable = tune.with_resources(
         trainable, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial, **options.trial_resources})
 
@@ -168,6 +170,10 @@ def make_searcher(plan: Plan, options: SearchOptions, space: AdaptedSpace,
     if options.optuna_storage:
         kwargs = {"storage": optuna.storages.RDBStorage(options.optuna_storage),
                   "study_name": f"ecg-tune-{options.out.resolve().name}"}
+    if plan.objectives:  # a multi-objective study (search/plan.py)
+        kwargs.update(objectives=list(plan.objectives), modes=plan.directions)
+    if plan.limits:  # above --max-params / --max-macs: never trained; every limit: told to Optuna as constraints
+        kwargs["cost_check"] = CostCheck(space, plan.limits)
     # ASHA-stopped trials reach Optuna as PRUNED, not COMPLETE (see search/optuna_search.py).
     # Start points are enqueued in the study: the define-by-run function's suggest_* calls return
     # their values, and the keys they leave out are sampled (tests/test_search.py checks they run

@@ -19,21 +19,11 @@ import numpy as np
 import torch
 
 from ecg_tune.data.tensors import TensorData
+from ecg_tune.data.windows import window_starts
 from ecg_tune.models.calibrate import softmax
 from ecg_tune.models.head import FittedHead
 from ecg_tune.training.network import Network
 from ecg_tune.training.precision import Precision, autocast
-
-
-def window_starts(length: int, input_length: int, overlap: float) -> np.ndarray:
-    """Start positions of the windows that cover a record of `length` samples."""
-    if length <= input_length:
-        return np.zeros(1, dtype=np.int64)
-    hop = max(1, int(round(input_length * (1.0 - overlap))))
-    starts = np.arange(0, length - input_length + 1, hop, dtype=np.int64)
-    if starts[-1] != length - input_length:
-        starts = np.append(starts, length - input_length)
-    return starts
 
 
 def record_windows(lengths: np.ndarray, input_length: int, overlap: float) -> tuple[np.ndarray, np.ndarray]:

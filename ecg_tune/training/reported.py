@@ -8,7 +8,8 @@ declares each of them once, as a `ReportedKey`:
 
 * `kind`: what the value is (a metric, a fold spread, a cost, Tune's bookkeeping, ...);
 * `direction`: for a metric, which way it improves (training/metrics.direction reads it, and
-  with it everything that ranks);
+  with it everything that ranks); a device cost (parameters, MACs, latency) has one too, "min",
+  for a search that takes it as an objective (`--objectives val_cinc_f1,latency_ms`);
 * `folds`: how a cross-validated trial combines its folds' values into one report
   (`combine_folds`, called by training/folds.py);
 * `exported`: a column of trials.csv, as its final and best value (search/export.py; a key that
@@ -51,6 +52,14 @@ FINISHED = "finished"
 # that MLflow logs it and trials.csv has it (its final value).
 BF16 = "bf16"
 
+# Reported with every epoch by the trainable (search/trainable.py; training/costs.py measures them):
+# what the trial's network costs on a device, each minimised when it is an objective.
+N_PARAMS, MACS, LATENCY_MS = "n_params", "macs", "latency_ms"
+COST_KEYS = (N_PARAMS, MACS, LATENCY_MS)
+# Reported with the costs: 1.0 when the trial met the search's limits (--max-params, --max-macs,
+# --max-latency-ms; always with none), else 0.0. The best trial and an ensemble are feasible ones.
+FEASIBLE = "feasible"
+
 # A cross-validated trial also reports each validation metric's spread over its folds as
 # `<metric>_std` (training/folds.py): a figure to read beside the mean, never one to rank by.
 SPREAD_SUFFIX = "_std"
@@ -67,7 +76,8 @@ Kind = Literal[
     "schedule",     # the learning rate the epoch used: what the refit replays
     "fit",          # what a closed-form head chose (minirocket's ridge penalty, its temperature)
     "execution",    # how the run computed, as resolved at its start (bf16: its steps' precision)
-    "cost",         # time and throughput
+    "cost",         # time and throughput; the network's size, MACs and latency (training/costs.py)
+    "limit",        # whether the trial met the search's cost limits
     "progress",     # the loop's own epoch count
     "status",       # whether the run ended by itself after this epoch
     "bookkeeping",  # Tune's own fields of every result
@@ -80,6 +90,7 @@ FoldRule = Literal[
     "sum",              # epoch_seconds: the wall time the trial spent on the epoch
     "elementwise_sum",  # the confusion matrix: every train + val record predicted once
     "all",              # finished: the trial ends when every fold has
+    "min",              # feasible: a trial is feasible when every fold is
     "not_folded",       # never in a fold's own result (made by the folding, or by Tune)
 ]
 
@@ -93,12 +104,13 @@ class ReportedKey:
     folds: FoldRule
     exported: bool  # a trials.csv column (final and best value)
     tracked: bool  # logged to MLflow when the value is a number
-    direction: Direction | None = None  # metrics only
+    direction: Direction | None = None  # metrics, and the costs a search may minimise
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if (self.kind == "metric") != (self.direction is not None):
-            raise ValueError(f"{self.pattern}: a metric, and only a metric, has a direction")
+        directed = self.direction is not None
+        if (self.kind == "metric" and not directed) or (directed and self.kind not in ("metric", "cost")):
+            raise ValueError(f"{self.pattern}: a metric has a direction, and only a metric or a cost has one")
         object.__setattr__(self, "_regex", _compile(self.pattern))
 
     def matches(self, name: str) -> bool:
@@ -151,6 +163,10 @@ TABLE: tuple[ReportedKey, ...] = (
     ReportedKey("lr", "schedule", "median", False, True),
     ReportedKey("train_samples_per_s", "cost", "mean", False, True),
     ReportedKey("epoch_seconds", "cost", "sum", False, True),
+    # Measured once per trial by the trainable, after the folding (so in no fold's own result; a
+    # fold's would be averaged); final values in trials.csv (pareto.csv reads them).
+    *(ReportedKey(key, "cost", "mean", True, True, "min") for key in COST_KEYS),
+    ReportedKey(FEASIBLE, "limit", "min", True, True),
     ReportedKey(FINISHED, "status", "all", False, False),  # a bool: MLflow takes numbers only
     ReportedKey("ridge_alpha", "fit", "mean", False, True),
     ReportedKey("ridge_temperature", "fit", "mean", False, True),
@@ -183,7 +199,8 @@ def spread_of(name: str) -> str | None:
 
 
 def exported(name: str) -> bool:
-    """Whether `name` is a column of trials.csv (metrics, their spreads, bf16; undeclared: no)."""
+    """Whether `name` is a column of trials.csv (metrics, their spreads, bf16, the device costs and
+    feasible; undeclared: no)."""
     row = describe_key(name)
     return row is not None and row.exported
 
@@ -209,6 +226,7 @@ _FOLDERS: dict[FoldRule, Callable[[list[Any]], Any]] = {
     "sum": lambda values: float(np.sum(values)),
     "elementwise_sum": lambda values: np.sum(np.asarray(values), axis=0).tolist(),
     "all": lambda values: all(bool(value) for value in values),
+    "min": lambda values: float(np.min(values)),
 }
 
 
