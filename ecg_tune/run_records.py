@@ -64,10 +64,11 @@ class TrialRecord:
     best: dict[str, float] = field(default_factory=dict)  # per metric, its best over the epochs
     best_epoch: int | None = None  # where the ranking metric peaked
     peak_metrics: dict[str, float] = field(default_factory=dict)  # every metric at best_epoch
+    error: str | None = None  # an errored trial's one-line reason (e.g. CUDA out of memory on its share)
 
     def flat(self) -> dict[str, Any]:
         row: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status, "epochs": self.epochs,
-                               "best_epoch": self.best_epoch}
+                               "best_epoch": self.best_epoch, "error": self.error}
         row.update({f"{_CONFIG}{k}": plain(v) for k, v in self.config.items()})
         row.update({f"{_FINAL}{k}": v for k, v in self.final.items()})
         row.update({f"{_BEST}{k}": v for k, v in self.best.items()})
@@ -77,7 +78,7 @@ class TrialRecord:
 # trials.csv's column groups: `TrialRecord.flat` writes them, `TrialTable` reads them; no other
 # module knows these prefixes.
 _CONFIG, _FINAL, _BEST = "config/", "final/", "best/"
-_INFO = ("trial_id", "status", "epochs", "best_epoch")
+_INFO = ("trial_id", "status", "epochs", "best_epoch", "error")
 
 
 @dataclass(frozen=True)

@@ -271,3 +271,6 @@ def test_a_search_finishes_the_trials_that_fit(ray_cluster, tmp_path: Path) -> N
     errors = {folder.name: (folder / "error.txt").read_text() for folder in (out / "experiment").glob("train_trial_*")
               if (folder / "error.txt").is_file()}
     assert len(errors) == 1 and f"OutOfGpuMemory: {line}" in next(iter(errors.values())), errors
+    # trials.csv says why in one line; the trials that fit have no error.
+    reasons = dict(zip(trials["config/batch_size"], trials["error"], strict=True))
+    assert reasons[64] == f"OutOfGpuMemory: {line}" and pd.isna(reasons[16]) and pd.isna(reasons[32])

@@ -47,6 +47,24 @@ from ecg_tune.training.reported import (
 logger = logging.getLogger(__name__)
 
 
+def error_line(error: BaseException) -> str:
+    """One line for trials.csv's `error` column: our own error where the chain holds one (Ray wraps
+    a trial's exception in its task error, whose text is a whole traceback), else the last line."""
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        inner = getattr(found, "cause", None)  # Ray's task error: also an instance of its cause's class
+        if isinstance(inner, BaseException):
+            found = inner
+            continue
+        if isinstance(found, EcgTuneError):
+            return f"{type(found).__name__}: {found}"
+        found = found.__cause__ or found.__context__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
 def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecord]:
     """One record per trial of Tune's ResultGrid."""
     records = []
@@ -62,7 +80,8 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
         else:
             status = "stopped"
         record = TrialRecord(trial_id=trial_id, status=status, epochs=epochs,
-                             config=sampled_values(result.config or {}))
+                             config=sampled_values(result.config or {}),
+                             error=None if result.error is None else error_line(result.error))
         if epochs:
             numeric = [c for c in history.columns if exported(c) and pd.api.types.is_numeric_dtype(history[c])]
             ranked = [c for c in numeric if is_metric(c) or spread_of(c) is not None]  # others: final only
