@@ -119,8 +119,16 @@ def assert_agrees(folder: Path, records: Records, name: str) -> None:
     assert (found.argmax(axis=1) == expected.argmax(axis=1)).all(), f"{name}: a predicted class differs"
 
 
-@pytest.mark.parametrize("transform", list(TRANSFORMS))
-@pytest.mark.parametrize("model", list(FAMILIES))
+# Every family on the wavelet input (the default run's), and the Fourier bridge (a float64 DFT in
+# the graph) on the two families that differ in how they use it; the rest of the grid is `slow`
+# (every export costs seconds and CI's default run has a 10-minute budget).
+_DEFAULT_CASES = {(model, "wavelet") for model in FAMILIES} | {("simple_cnn", "fourier"), ("minirocket", "fourier")}
+_CASES = [pytest.param(model, transform, marks=() if (model, transform) in _DEFAULT_CASES else pytest.mark.slow,
+                       id=f"{model}-{transform}")
+          for model in FAMILIES for transform in TRANSFORMS]
+
+
+@pytest.mark.parametrize(("model", "transform"), _CASES)
 def test_each_family_and_transform_predicts_as_torch(model: str, transform: str, dataset, records: Records,
                                                      tmp_path: Path) -> None:
     folder = saved(tmp_path / "model", dataset, model=model, **FAMILIES[model], transform=transform,
