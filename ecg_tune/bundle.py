@@ -173,7 +173,7 @@ class MemberModel:
 
 
 def save_ensemble_bundle(folder: Path, members: Sequence[MemberModel], classes: list[str],
-                         fs: float | None) -> Path:
+                         fs: float | None, onnx: bool = True) -> Path:
     """Write an ensemble bundle: each member a bundle in members/<trial_id>/, then ensemble.json
     (the file load_bundle goes by, so an interrupted export is never read as a finished one), then
     what an earlier refit left (a single model's files, former members) is removed."""
@@ -196,8 +196,9 @@ def save_ensemble_bundle(folder: Path, members: Sequence[MemberModel], classes: 
     for path in (folder / MEMBERS).iterdir():
         if path.name not in kept:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    export_or_warn(folder, [GraphMember(m.trial_id, m.weight, m.network, m.head, m.config) for m in members],
-                   classes, fs)
+    if onnx:
+        export_or_warn(folder, [GraphMember(m.trial_id, m.weight, m.network, m.head, m.config) for m in members],
+                       classes, fs)
     return folder
 
 

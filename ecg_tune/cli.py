@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     search.add_argument("--dry-run", action="store_true", help="validate data and space, show the plan, train nothing")
     search.add_argument("--no-refit", action="store_true", help="skip the refit of the best config")
+    search.add_argument("--no-onnx", dest="onnx", action="store_false",
+                        help="write the torch bundle only, no model.onnx (`ecg-tune export` writes it later)")
     search.set_defaults(handler=cmd_search)
 
     refit = commands.add_parser("refit", help="retrain a finished search's best config, test it once, export it")
@@ -298,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--trial", metavar="ID",
                        help="deliver this trial instead of the search's best (e.g. a point of pareto.csv): its "
                             "config for its own best epoch, learning rates replayed")
+    refit.add_argument("--no-onnx", dest="onnx", action="store_false",
+                       help="write the torch bundle only, no model.onnx (`ecg-tune export` writes it later)")
     refit.set_defaults(handler=cmd_refit)
 
     report = commands.add_parser("report", help="(re)write a finished search's report.html: its trials, "

@@ -58,6 +58,9 @@ class RefitOptions(BaseModel):
     # `ecg-tune refit --trial`: deliver this trial (a point of the Pareto front, say) instead of the
     # search's best or its ensemble; None: the search's choice.
     trial: str | None = None
+    # model.onnx beside the torch bundle (2-5 s of export and check); off: the torch bundle only,
+    # `ecg-tune export` writes the graph later.
+    onnx: bool = True
 
 
 @dataclass
@@ -388,7 +391,7 @@ def _refit(run: RunFolder, options: RefitOptions) -> RefitResult:
         figures, best.trial_id, best.metric, setup.ensemble.rule, setup.ensemble.figures)
     report = run.write_report(test, best.metrics, setup.config.to_dict(), len(setup.lr_schedule),
                               ensemble=ensemble, refit_seconds=seconds, chosen=setup.chosen)
-    _save_model(run, delivered, trained, classes, dataset.records.fs)
+    _save_model(run, delivered, trained, classes, dataset.records.fs, onnx=options.onnx)
     run.write_predictions(pd.DataFrame({
         "record": [dataset.records.record_ids[i] for i in test_index],
         "true": [classes[i] for i in truth],
@@ -441,8 +444,9 @@ def _epochs(count: int) -> str:
 
 
 def _save_model(run: RunFolder, delivered: list[RefitModel], trained: dict[str, TrainedModel], classes: list[str],
-                fs: float | None) -> None:
-    """model/: the one model's bundle, or the ensemble's (its members' bundles and weights)."""
+                fs: float | None, onnx: bool) -> None:
+    """model/: the one model's bundle, or the ensemble's (its members' bundles and weights); with
+    `onnx`, its graph too."""
     from ecg_tune.bundle import MemberModel, save_bundle, save_ensemble_bundle
     from ecg_tune.training.network import build_network
 
@@ -454,6 +458,6 @@ def _save_model(run: RunFolder, delivered: list[RefitModel], trained: dict[str, 
         head = network.model.restore_head(output.head)
         members.append(MemberModel(model.trial_id, model.weight, network, head, model.config))
     if len(members) == 1:
-        save_bundle(run.model_dir, members[0].network, members[0].head, members[0].config, classes, fs)
+        save_bundle(run.model_dir, members[0].network, members[0].head, members[0].config, classes, fs, onnx=onnx)
     else:
-        save_ensemble_bundle(run.model_dir, members, classes, fs)
+        save_ensemble_bundle(run.model_dir, members, classes, fs, onnx=onnx)

@@ -89,7 +89,7 @@ def refitted_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     out = tmp_path_factory.mktemp("smoke-run") / "run"
     done = subprocess.run([sys.executable, str(root / "scripts" / "search.py"), "--space", "smoke", "--data",
                            "synthetic:60", "--num-samples", "3", "--max-epochs", "2", "--cv", "1", "--out", str(out),
-                           "--mlflow"],
+                           "--mlflow", "--no-onnx"],
                           capture_output=True, text=True, cwd=root, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout

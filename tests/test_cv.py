@@ -19,7 +19,7 @@ from ecg_tune.data import Dataset, prepare
 from ecg_tune.data.split import make_folds
 from ecg_tune.errors import DataError, EcgTuneError
 from ecg_tune.pipeline import PipelineOptions, run_pipeline
-from ecg_tune.refit import refit_setup, run_refit
+from ecg_tune.refit import RefitOptions, refit_setup, run_refit
 from ecg_tune.runs import RunFolder
 from ecg_tune.search.plan import SearchOptions
 from ecg_tune.training import folds as folds_module
@@ -293,5 +293,5 @@ def test_the_refit_trains_to_the_epoch_where_the_mean_peaked(cv_search, beats: D
     assert setup.config.epochs == peak == len(setup.lr_schedule)
     assert setup.lr_schedule == pytest.approx(winner["lr"].tolist()[:peak])  # the folds' median rates
     assert len(setup.train_index) == _train_val(beats).sum()  # all train + val records
-    refit = run_refit(run)
+    refit = run_refit(run, RefitOptions(onnx=False))
     assert refit.epochs == peak and json.loads(run.report_path.read_text())["epochs"] == peak

@@ -33,14 +33,16 @@ from ecg_tune.config import make_config
 from ecg_tune.data import prepare
 from ecg_tune.data.records import Records
 from ecg_tune.pipeline import PipelineOptions, run_pipeline
-from ecg_tune.refit import refit_setup, run_refit
+from ecg_tune.refit import RefitOptions, refit_setup, run_refit
 from ecg_tune.reporting.page import build_page
 from ecg_tune.runs import EnsembleMember, EnsembleRecord, RunFolder
 from ecg_tune.search.plan import SearchOptions
 from ecg_tune.training.network import build_network
 
-# A single model's bundle folder, sorted (the ONNX graph is written beside the weights).
-SINGLE_BUNDLE = ["config.json", "model.onnx", "onnx.json", "weights.pt"]
+# A single model's bundle folder, sorted, as the refits here write it: without the ONNX graph (2-5 s
+# each; the team's graph is checked once, in ensemble_run, and test_onnx.py checks every family's).
+SINGLE_BUNDLE = ["config.json", "weights.pt"]
+NO_GRAPH = RefitOptions(onnx=False)
 
 DATA = "synthetic:60"
 # Two branches, so trials.csv leaves conditional keys blank (levels: NaN where transform is none)
@@ -222,14 +224,14 @@ def test_without_ensemble_json_or_with_the_best_alone_the_refit_is_as_before(ens
     # A folder an ensemble refit left: a later refit without ensemble.json replaces its bundle.
     before = copy_run(ensemble_run[0].path, tmp_path / "none", None)
     assert (before.model_dir / ENSEMBLE).is_file()
-    plain = run_refit(before)
+    plain = run_refit(before, NO_GRAPH)  # also: the team's graph, now stale, is gone
     assert sorted(p.name for p in before.model_dir.iterdir()) == SINGLE_BUNDLE
     assert isinstance(load_bundle(before.model_dir, device="cpu"), Bundle)
     report = json.loads(before.report_path.read_text())
     assert set(report) == BASE_KEYS and report["epochs"] == before.best().epoch
 
     alone = copy_run(searched, tmp_path / "best-alone", {before.best().trial_id: 1.0})
-    kept = run_refit(alone)
+    kept = run_refit(alone, NO_GRAPH)
     assert set(kept.report) == BASE_KEYS | {"ensemble"}
     for key in ("test", "validation", "config", "epochs"):  # the same model, refit the same way
         assert kept.report[key] == plain.report[key], key
@@ -244,7 +246,7 @@ def test_one_member_other_than_the_best_is_delivered_alone_beside_the_reference(
                                                                                  tmp_path: Path) -> None:
     order = trial_order(RunFolder(searched))
     run = copy_run(searched, tmp_path, {order[1]: 1.0})
-    report = run_refit(run).report
+    report = run_refit(run, NO_GRAPH).report
     ensemble = report["ensemble"]
     assert [m["trial_id"] for m in ensemble["members"]] == [order[1]] and ensemble["single_best"]["member"] is False
     assert {k: report["test"][k] for k in ensemble["members"][0]["test"]} == ensemble["members"][0]["test"]
@@ -275,7 +277,7 @@ def test_ensemble_bundles_round_trip_without_a_search(tmp_path: Path) -> None:
         config = make_config(values)
         members.append(MemberModel(trial_id, weight, build_network(config, 256 if trial_id == "t1" else 300, 3),
                                    None, config))
-    folder = save_ensemble_bundle(tmp_path / "model", members, classes, 300.0)
+    folder = save_ensemble_bundle(tmp_path / "model", members, classes, 300.0, onnx=False)
     rng = np.random.default_rng(1)
     records = Records(signals=[rng.normal(size=n).astype(np.float32) for n in (200, 256, 700)], labels=None,
                       classes=classes, record_ids=["a", "b", "c"], fs=300.0, source="x")
@@ -284,7 +286,7 @@ def test_ensemble_bundles_round_trip_without_a_search(tmp_path: Path) -> None:
     np.testing.assert_allclose(loaded.predict(records), 0.25 * each[0] + 0.75 * each[1], rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(weighted_mean([each[0]], [1.0]), each[0])
     # a single model written over it leaves a single-model bundle, as older refits wrote
-    save_bundle(folder, members[0].network, None, members[0].config, classes, 300.0)
+    save_bundle(folder, members[0].network, None, members[0].config, classes, 300.0, onnx=False)
     assert sorted(p.name for p in folder.iterdir()) == SINGLE_BUNDLE
     np.testing.assert_array_equal(load_bundle(folder, device="cpu").predict(records), each[0])
 

@@ -72,7 +72,8 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = make_config(VALUES)
     (result,) = fit(config, dataset.tensors, dataset.index("train", "val"), None, device="cpu",
                     head_last_epoch_only=True)
-    save_bundle(run.model_dir, result.network, result.head, config, dataset.records.classes, dataset.records.fs)
+    save_bundle(run.model_dir, result.network, result.head, config, dataset.records.classes, dataset.records.fs,
+                onnx=False)
     test = dataset.records.subset(dataset.index("test"))
     pd.DataFrame({"signal": [np.asarray(s) for s in test.signals], "record": test.record_ids,
                   "fs": 300.0}).to_parquet(out / INPUTS)
@@ -633,7 +634,7 @@ def test_bundles_of_earlier_layouts_load_and_predict_the_same(tmp_path: Path, va
     if head is not None and head.file is not None:  # a head the bundle keeps apart (the SVM stage)
         rng = np.random.default_rng(0)
         svm = head.fit(rng.normal(size=(30, network.model.feature_dim)), np.arange(30) % 3, n_classes=3)
-    now = save_bundle(tmp_path / "now", network, svm, config, ["A", "N", "O"], 300.0)
+    now = save_bundle(tmp_path / "now", network, svm, config, ["A", "N", "O"], 300.0, onnx=False)
     before = Path(shutil.copytree(now, tmp_path / "before"))
     (before / "config.json").write_text(json.dumps(layout(json.loads((now / "config.json").read_text())), indent=2))
     rng = np.random.default_rng(1)

@@ -404,7 +404,7 @@ def test_bundle_round_trip_predicts_identically(dataset, tmp_path: Path):
     test = dataset.index("test")
     expected, _ = record_probabilities(result.network, None, dataset.tensors, test, "zscore", 0.5,
                                        torch.device("cpu"))
-    save_bundle(tmp_path / "model", result.network, None, config, dataset.records.classes, 300.0)
+    save_bundle(tmp_path / "model", result.network, None, config, dataset.records.classes, 300.0, onnx=False)
     bundle = load_bundle(tmp_path / "model", device="cpu")
     loaded = bundle.network.model.state_dict()
     for name, value in result.network.model.state_dict().items():

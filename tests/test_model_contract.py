@@ -262,7 +262,8 @@ def test_a_registered_models_head_goes_through_loop_checkpoint_and_bundle(datase
     refit = list(fit(config, dataset.tensors, train, None, device="cpu", head_last_epoch_only=True))
     assert [r.head is None for r in refit] == [True, False]
     # The bundle keeps the head in its own file and predicts with it.
-    folder = save_bundle(tmp_path / "model", last.network, last.head, config, dataset.records.classes, 300.0)
+    folder = save_bundle(tmp_path / "model", last.network, last.head, config, dataset.records.classes, 300.0,
+                         onnx=False)
     assert sorted(p.name for p in folder.iterdir()) == ["centroids.json", "config.json", "weights.pt"]
     assert json.loads((folder / "config.json").read_text())["svm"] is True
     expected, _ = record_probabilities(last.network, last.head, dataset.tensors, test, "zscore",

@@ -298,7 +298,7 @@ def test_refit_trial_delivers_that_trial(searched: Path, tmp_path: Path, capsys:
     assert len(err) == 1 and "--trial nosuchtrial: no such trial" in err[0] and best.trial_id in err[0], err
     assert not run.report_path.exists()
 
-    assert main(["refit", "--run", str(run.path), "--trial", other]) == 0
+    assert main(["refit", "--run", str(run.path), "--trial", other, "--no-onnx"]) == 0
     out = capsys.readouterr().out
     assert f"refit: trial {other}, chosen by hand instead of the search's best {best.trial_id}" in out
     report = json.loads(run.report_path.read_text())
@@ -311,6 +311,7 @@ def test_refit_trial_delivers_that_trial(searched: Path, tmp_path: Path, capsys:
     # The delivered model is the trial's config (its sampled values), refit for its own epochs.
     sampled = {str(k): v for k, v in table.config.loc[other].items() if not pd.isna(v)}
     delivered = load_bundle(run.model_dir, device="cpu").config
+    assert not (run.model_dir / "model.onnx").exists()  # --no-onnx: the torch bundle only
     assert delivered.epochs == epoch and make_config(report["config"]) == delivered
     for key, value in sampled.items():
         if isinstance(value, float):

@@ -84,7 +84,7 @@ def test_a_new_transform_is_one_registry_entry(difference, tmp_path: Path, capsy
     dataset = prepare("synthetic:60", progress=False)
     config = make_config({"transform": "difference", "difference_order": 2, "input_length": 600, "epochs": 1})
     (result,) = fit(config, dataset.tensors, dataset.index("train"), None, device="cpu")
-    save_bundle(tmp_path / "model", result.network, None, config, dataset.records.classes, 300.0)
+    save_bundle(tmp_path / "model", result.network, None, config, dataset.records.classes, 300.0, onnx=False)
     meta = json.loads((tmp_path / "model" / "config.json").read_text())
     assert meta["preprocessing"]["transform"] == "difference" and meta["preprocessing"]["difference_order"] == 2
     bundle = load_bundle(tmp_path / "model", device="cpu")

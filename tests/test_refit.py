@@ -27,7 +27,7 @@ def test_bundle_reloads_and_predicts_as_the_trained_network(tmp_path: Path) -> N
     test = dataset.index("test")
     expected, _ = record_probabilities(result.network, None, dataset.tensors, test, "zscore", 0.5,
                                        torch.device("cpu"))
-    save_bundle(tmp_path / "model", result.network, None, config, dataset.records.classes, 300.0)
+    save_bundle(tmp_path / "model", result.network, None, config, dataset.records.classes, 300.0, onnx=False)
     bundle = load_bundle(tmp_path / "model", device="cpu")
     np.testing.assert_allclose(bundle.predict(dataset.records.subset(test)), expected, rtol=1e-5, atol=1e-6)
     meta = json.loads((tmp_path / "model" / "config.json").read_text())
