@@ -418,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--max-epochs", type=int, default=2, help="epochs of each family's training (default 2)")
     deploy.add_argument("--records", type=int, default=2000, help="training records per family (default 2000)")
     deploy.add_argument("--test-records", type=int, default=200, help="test records compared (default 200)")
+    deploy.add_argument("--run", help="measure the model this finished, refitted search delivered (on its own test "
+                                      "records) instead of training each family")
     for kind in (pipeline, strategies, overhead, gpu, quality, portfolio, steadiness, resample, precision, deploy):
         kind.add_argument("--data", default=None,
                           help="data source (default: ../shared/data/cinc2017/training2017 beside the "

@@ -305,8 +305,21 @@ def test_compare_runtimes_reports_agreement_and_latency(cli_bundle: tuple[Path, 
     assert found["agreement"]["onnx_fp32"]["same_class"] == 1.0
     assert found["agreement"]["onnx_fp32"]["max_abs_diff"] <= TOLERANCE
     assert set(found["latency_ms"]) == {"torch", "onnx_fp32", "onnx_int8"} and found["record_samples"] == 9000
+    # torch against itself on inputs one ulp away: a CNN's floor is far below the tolerance
+    assert found["agreement"]["torch_1ulp"]["max_abs_diff"] < TOLERANCE
     assert all(value > 0 for value in found["latency_ms"].values())
     print("latency ms per 30-s record:", {k: round(v, 2) for k, v in found["latency_ms"].items()})
+
+
+def test_one_ulp_away_moves_every_sample_to_a_float32_neighbour() -> None:
+    from ecg_tune.benchmarks.deploy import one_ulp_away
+
+    signals = [np.array([0.0, 1.0, -3.5, 1e-30, 65504.0], dtype=np.float32), np.linspace(-2, 2, 999, dtype=np.float32)]
+    for before, after in zip(signals, one_ulp_away(signals), strict=True):
+        assert after.dtype == np.float32 and after.shape == before.shape
+        up, down = np.nextafter(before, np.float32(np.inf)), np.nextafter(before, np.float32(-np.inf))
+        assert ((after == up) | (after == down)).all()
+        assert (after != before).all() and (after > before).any() and (after < before).any()
 
 
 @pytest.mark.parametrize(("labels", "gamma"), [

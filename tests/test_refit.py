@@ -127,3 +127,27 @@ def test_predict_reads_mat_records_and_folders_without_labels(refitted: Path, tm
     rows = pd.read_csv(tmp_path / "out.csv")
     assert list(rows["record"]) == ["A00003", "A00001", "A00002"]
     assert np.allclose(rows.filter(like="p_").sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_benchmark_deploy_measures_the_delivered_model(refitted: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from ecg_tune.cli import main
+
+    run = Path(shutil.copytree(refitted, tmp_path / "run"))  # the shared folder keeps its files
+    (run / "model" / "model.onnx").unlink()  # as a --no-onnx refit leaves it: the graph is exported first
+    out = tmp_path / "results"
+    assert main(["benchmark", "deploy", "--run", str(run), "--test-records", "3", "--out", str(out)]) == 0
+    (written,) = out.glob("deploy-*.json")
+    result = json.loads(written.read_text())
+    best = json.loads((run / "best_config.json").read_text())["trial_id"]
+    assert result["members"] == [best] and result["test_records"] == 3 and result["run"] == str(run)
+    assert result["agreement"]["onnx_fp32"]["same_class"] == 1.0
+    assert set(result["agreement"]) >= {"onnx_fp32", "onnx_int8", "torch_1ulp", "torch"}
+    assert (run / "model" / "model.onnx").is_file() and (run / "model" / "model.int8.onnx").is_file()
+    assert f"| delivered: {best} | 1.000 |" in capsys.readouterr().out
+
+    assert main(["benchmark", "deploy", "--run", str(tmp_path)]) == 2  # a folder without a refit
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no report.json; refit the search first" in err[0], err

@@ -53,7 +53,7 @@ class BenchmarkOptions(BaseModel):
     parts: list[Literal["trials", "memory", "searcher"]] | None = None  # overhead: None: all
     searcher_trials: int | None = Field(None, ge=1)  # overhead: in process, per searcher variant
     searcher_ray_trials: int | None = Field(None, ge=1)  # overhead: through Tune, per searcher
-    run: Path | None = None  # quality: a finished, refitted search folder
+    run: Path | None = None  # quality, deploy: a finished, refitted search folder
     search_budget: float | None = Field(None, gt=0)
     search_trials: int | None = Field(None, ge=1)
     kernels: int | None = Field(None, ge=1)
@@ -181,12 +181,15 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
     elif options.benchmark == "deploy":
         from ecg_tune.benchmarks import deploy
 
-        results_dir = (Path("runs") / f"benchmark-deploy-{stamp}").resolve()
-        result = deploy.run_deploy_benchmark(
-            dataset(), results_dir, families=options.families, epochs=1 if quick else options.max_epochs or 2,
-            train_records=300 if quick else options.records or 2000,
-            test_records=20 if quick else options.test_records or 200, cpus=_all_cpus())
-        result["bundles"] = str(results_dir)
+        test_records = 20 if quick else options.test_records or 200
+        if options.run:  # the model a refit delivered, on its search's test records
+            result = deploy.run_delivered(options.run.resolve(), test_records=test_records)
+        else:
+            results_dir = (Path("runs") / f"benchmark-deploy-{stamp}").resolve()
+            result = deploy.run_deploy_benchmark(
+                dataset(), results_dir, families=options.families, epochs=1 if quick else options.max_epochs or 2,
+                train_records=300 if quick else options.records or 2000, test_records=test_records, cpus=_all_cpus())
+            result["bundles"] = str(results_dir)
         table = deploy.table(result)
     elif options.benchmark == "precision":
         from ecg_tune.benchmarks import precision
