@@ -103,24 +103,26 @@ def _refit_task(config_values: dict[str, Any], tensors: Any, train_index: np.nda
     import torch
 
     torch.set_num_threads(threads)  # a pooled worker keeps the thread count of its last task
-    from ecg_tune.training.device import pick_device
+    from ecg_tune.training.device import out_of_memory_as_error, pick_device
     from ecg_tune.training.evaluate import record_probabilities
     from ecg_tune.training.loop import fit
 
     config = make_config(config_values, where="best config")
     device = pick_device()
     history, last = [], None
-    for result in fit(config, tensors, train_index, None, device=device, lr_schedule=lr_schedule,
-                      head_last_epoch_only=True):
-        history.append(result.metrics)
-        last = result
-        queue.put(f"{label} epoch {result.epoch}/{len(lr_schedule)}  train_loss {result.metrics['train_loss']:.4f}  "
-                  f"lr {result.metrics['lr']:.2g}  {result.metrics['epoch_seconds']:.1f} s")
-    assert last is not None, "the refit trains at least one epoch"
-    if last.head is not None:
-        queue.put(f"{label}: {last.head.name} fitted on all training features")
-    probabilities, _ = record_probabilities(last.network, last.head, tensors, test_index, config.normalisation,
-                                            config.window_overlap, device)
+    with out_of_memory_as_error(config, who="the refit", flag="ecg-tune refit --gpus"):
+        for result in fit(config, tensors, train_index, None, device=device, lr_schedule=lr_schedule,
+                          head_last_epoch_only=True):
+            history.append(result.metrics)
+            last = result
+            queue.put(f"{label} epoch {result.epoch}/{len(lr_schedule)}  train_loss "
+                      f"{result.metrics['train_loss']:.4f}  lr {result.metrics['lr']:.2g}  "
+                      f"{result.metrics['epoch_seconds']:.1f} s")
+        assert last is not None, "the refit trains at least one epoch"
+        if last.head is not None:
+            queue.put(f"{label}: {last.head.name} fitted on all training features")
+        probabilities, _ = record_probabilities(last.network, last.head, tensors, test_index, config.normalisation,
+                                                config.window_overlap, device)
     return TrainedModel(history=history,
                         state={k: v.detach().cpu() for k, v in last.network.state_dict().items()},
                         input_length=last.network.input_length,
@@ -171,9 +173,12 @@ def train_and_predict_all(jobs: Sequence[RefitJob], dataset: Dataset, train_inde
             while not queue.empty():
                 print(queue.get(), flush=True)
             ray.get(done)  # a failed task raises here, while the others may still run
-    except BaseException:
+    except BaseException as exc:
         for ref in waiting:
             ray.cancel(ref, force=True)
+        cause = getattr(exc, "cause", None)
+        if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, EcgTuneError):
+            raise cause from None  # our one line (e.g. CUDA out of memory), not Ray's traceback of it
         raise
     while not queue.empty():
         print(queue.get(), flush=True)

@@ -32,9 +32,10 @@ from ecg_tune.errors import OutOfGpuMemory
 from ecg_tune.pipeline import PipelineOptions, run_pipeline
 from ecg_tune.search import trainable
 from ecg_tune.search.plan import SearchOptions
-from ecg_tune.search.trainable import OOM_HOOK, OOM_MARK, out_of_memory_as_failure, train_trial
+from ecg_tune.search.trainable import OOM_MARK, out_of_memory_as_failure, train_trial
 from ecg_tune.training import device as device_module
-from ecg_tune.training.device import DATA_SHARE, PinnedRows, device_views, keeps_on_device, pick_device
+from ecg_tune.training.device import (DATA_SHARE, OOM_HOOK, PinnedRows, device_views, keeps_on_device,
+                                      pick_device)
 from ecg_tune.training.folds import choose_validation
 
 CUDA0 = torch.device("cuda", 0)
@@ -209,7 +210,7 @@ def test_batches_from_the_host_go_through_one_pinned_buffer(cuda: StubCuda) -> N
 
 def test_an_out_of_memory_is_one_line_naming_the_config_and_the_share(monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config({"model": "resnet1d", "input_length": 6000, "batch_size": 128})
-    monkeypatch.setattr(trainable, "gpu_share", lambda: 0.25)
+    monkeypatch.setattr(device_module, "gpu_share", lambda: 0.25)
     with pytest.raises(OutOfGpuMemory) as raised, out_of_memory_as_failure(config):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
                                           "capacity of 15.77 GiB of which 1.20 GiB is free.\nMore lines")
@@ -274,3 +275,19 @@ def test_a_search_finishes_the_trials_that_fit(ray_cluster, tmp_path: Path) -> N
     # trials.csv says why in one line; the trials that fit have no error.
     reasons = dict(zip(trials["config/batch_size"], trials["error"], strict=True))
     assert reasons[64] == f"OutOfGpuMemory: {line}" and pd.isna(reasons[16]) and pd.isna(reasons[32])
+
+
+def test_a_refit_that_runs_out_of_memory_fails_in_one_line(ray_cluster) -> None:
+    from ecg_tune.refit import train_and_predict
+
+    dataset = prepare("synthetic:40", progress=False)
+    # The hook (FAILING) is in the workers' environment: this config runs out of memory in its task.
+    config = make_config({"model": "simple_cnn", "input_length": 600, "batch_size": 64, "epochs": 1})
+    with pytest.raises(OutOfGpuMemory) as raised:
+        train_and_predict(config, dataset, dataset.index("train"), dataset.index("test"), [0.001], gpus=0.25)
+    assert str(raised.value) == (
+        "CUDA out of memory (allocating 1.00 GiB) training model simple_cnn, input_length 600, batch_size 64 "
+        "on a 0.25 share of a GPU: lower batch_size or input_length, or give the refit more of the GPU "
+        "(ecg-tune refit --gpus 0.5)")
+    assert type(raised.value) is OutOfGpuMemory  # the task's own error, not Ray's wrapper with its traceback
+

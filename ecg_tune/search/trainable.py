@@ -41,8 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -61,7 +59,7 @@ from ecg_tune.errors import OutOfGpuMemory
 from ecg_tune.runs import TrialPredictions
 from ecg_tune.storage import CHECKPOINT_NAME, checkpoint_folders
 from ecg_tune.training.costs import CostLimits, TrialCosts
-from ecg_tune.training.device import gpu_share
+from ecg_tune.training.device import out_of_memory_as_error
 from ecg_tune.training.folds import Fold, FoldsEpoch, fit_folds
 from ecg_tune.training.metrics import better, ranking_metric
 from ecg_tune.training.reported import TRAINING_ITERATION
@@ -78,11 +76,6 @@ _RANKED_KEY = b"ecg_tune.ranked"
 # In the trial's working folder on its node: the line of the trial's CUDA out-of-memory, which a
 # retry of the trial there fails with at once (see `out_of_memory_as_failure`).
 OOM_MARK = "cuda_out_of_memory.txt"
-# For tests only: a CUDA out-of-memory cannot be caused without a GPU, and a test's monkeypatch
-# does not reach Ray's worker processes (they inherit the environment the cluster started with).
-# A trial whose config has KEY=VALUE (this variable's value, e.g. "batch_size=64") raises torch's
-# out-of-memory error as it starts training.
-OOM_HOOK = "ECG_TUNE_TEST_CUDA_OOM"
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +117,8 @@ def train_trial(config: dict, data: TensorData, folds: Sequence[Fold], max_epoch
 @contextmanager
 def out_of_memory_as_failure(config: TrainConfig) -> Iterator[None]:
     """A CUDA out-of-memory inside as the trial's one-line failure, `OutOfGpuMemory`
-    (`out_of_memory_message`), the one Tune records for it (error.txt, the errored trial).
+    (training/device.py's `out_of_memory_as_error`), the one Tune records for it (error.txt, the
+    errored trial).
 
     Tune retries an errored trial from its checkpoint up to FailureConfig's max_failures and has
     no public way to exempt an error from that, though the same config runs out of memory again.
@@ -136,31 +130,15 @@ def out_of_memory_as_failure(config: TrainConfig) -> Iterator[None]:
     if mark is not None and mark.is_file():
         raise OutOfGpuMemory(mark.read_text(encoding="utf-8"))
     try:
-        key, _, value = os.environ.get(OOM_HOOK, "").partition("=")
-        if key and str(getattr(config, key, None)) == value:
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 1.00 GiB ({OOM_HOOK})")
-        yield
-    except torch.cuda.OutOfMemoryError as exc:
-        error = OutOfGpuMemory(out_of_memory_message(config, gpu_share(), exc))
+        with out_of_memory_as_error(config):
+            yield
+    except OutOfGpuMemory as error:
         if mark is not None:
             try:
                 mark.write_text(str(error), encoding="utf-8")
             except OSError as unwritable:  # only costs a retry that trains until the same failure
                 logger.warning("could not write %s: %s", mark, unwritable)
-        raise error from exc
-
-
-def out_of_memory_message(config: TrainConfig, share: float | None, error: BaseException) -> str:
-    """The line a trial of `config` given `share` GPUs (None: not a Ray worker) fails with when
-    CUDA memory runs out (`error`: torch's, whose allocation size it quotes)."""
-    length = config.input_length if config.input_length is not None else "auto (the median record length)"
-    tried = re.search(r"Tried to allocate (\S+ \S+?B)", str(error))
-    quoted = f" (allocating {tried[1]})" if tried else ""
-    what = f"model {config.model}, input_length {length}, batch_size {config.batch_size}"
-    if share is None or share >= 1:
-        return f"CUDA out of memory{quoted} training {what} on its GPU: lower batch_size or input_length"
-    return (f"CUDA out of memory{quoted} training {what} on a {share:g} share of a GPU: lower batch_size or "
-            f"input_length, or give each trial more of the GPU (--gpus-per-trial {min(1.0, 2 * share):g})")
+        raise
 
 
 def _trial_folder() -> Path | None:

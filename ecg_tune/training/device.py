@@ -19,17 +19,34 @@ does not, `PinnedRows` gathers each batch's rows into one pinned host buffer and
 from there, the only way a `non_blocking` copy overlaps the host's work (from pageable memory,
 such as the fresh tensor `index_select` returns, CUDA copies synchronously).
 
+A CUDA out-of-memory while training becomes one line (`out_of_memory_as_error`: the model, its
+input length and batch size, the GPU share, what to change) for a trial and for a refit task alike.
+
 The CUDA calls made here go through `CUDA` (a `Cuda`), so tests can stand a stub in for it and
 check this logic on a machine without a GPU.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from ecg_tune.data.tensors import TensorData
+from ecg_tune.errors import OutOfGpuMemory
+
+if TYPE_CHECKING:
+    from ecg_tune.config import TrainConfig
+
+# For tests only: a CUDA out-of-memory cannot be caused without a GPU, and a test's monkeypatch
+# does not reach Ray's worker processes (they inherit the environment the cluster started with).
+# Training a config with KEY=VALUE (this variable's value, e.g. "batch_size=64") inside
+# `out_of_memory_as_error` raises torch's out-of-memory error as it starts.
+OOM_HOOK = "ECG_TUNE_TEST_CUDA_OOM"
 
 # The part of the memory a process may take that a dataset's matrix may fill on the device: the
 # model, its activations, gradients and optimiser state need the rest. A guess, not a
@@ -192,3 +209,32 @@ class PinnedRows:
         moved = CUDA.copy(staged, self.device, non_blocking=True)
         self.copied.record()
         return moved
+
+
+@contextmanager
+def out_of_memory_as_error(config: TrainConfig, who: str = "each trial",
+                           flag: str = "--gpus-per-trial") -> Iterator[None]:
+    """Torch's CUDA out-of-memory inside (or OOM_HOOK's) as `OutOfGpuMemory`, one line
+    (`out_of_memory_message`; `who` gets more of the GPU with `flag`)."""
+    try:
+        key, _, value = os.environ.get(OOM_HOOK, "").partition("=")
+        if key and str(getattr(config, key, None)) == value:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 1.00 GiB ({OOM_HOOK})")
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise OutOfGpuMemory(out_of_memory_message(config, gpu_share(), exc, who, flag)) from exc
+
+
+def out_of_memory_message(config: TrainConfig, share: float | None, error: BaseException,
+                          who: str = "each trial", flag: str = "--gpus-per-trial") -> str:
+    """The line training `config` on `share` GPUs (None: not a Ray worker) fails with when CUDA
+    memory runs out (`error`: torch's, whose allocation size it quotes); on a share, it tells
+    how to give `who` (each trial, the refit) more of the GPU: `flag`."""
+    length = config.input_length if config.input_length is not None else "auto (the median record length)"
+    tried = re.search(r"Tried to allocate (\S+ \S+?B)", str(error))
+    quoted = f" (allocating {tried[1]})" if tried else ""
+    what = f"model {config.model}, input_length {length}, batch_size {config.batch_size}"
+    if share is None or share >= 1:
+        return f"CUDA out of memory{quoted} training {what} on its GPU: lower batch_size or input_length"
+    return (f"CUDA out of memory{quoted} training {what} on a {share:g} share of a GPU: lower batch_size or "
+            f"input_length, or give {who} more of the GPU ({flag} {min(1.0, 2 * share):g})")
