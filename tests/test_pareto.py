@@ -21,7 +21,7 @@ from ecg_tune.cli import main
 from ecg_tune.data import prepare
 from ecg_tune.errors import ConfigError
 from ecg_tune.reporting.page import build_page, write_html_report
-from ecg_tune.reporting.pareto import non_dominated, pareto_front, recorded_objectives, run_front
+from ecg_tune.reporting.pareto import halvings, non_dominated, pareto_front, recorded_objectives, run_front
 from ecg_tune.runs import BestConfig, RunFolder, TrialRecord, TrialTable
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +144,29 @@ def test_the_front_of_a_table_with_costs() -> None:
         pareto_front(table_of(trial_records()), METRIC, ["epoch_seconds"])
 
 
+def test_what_each_halving_of_latency_costs() -> None:
+    front = pareto_front(table_of(trial_records()), METRIC)
+    ladder = halvings(front)
+    # From t0 (0.90 at 4 ms): within 2 ms and 1 ms t1, within 0.5 ms t2; nothing feasible within
+    # 0.25 ms (t4 is faster but broke a constraint, t6 has no figures).
+    assert ladder["trial_id"].tolist() == ["t0", "t1", "t1", "t2"]
+    assert ladder["budget"].tolist() == [4.0, 2.0, 1.0, 0.5] and ladder["step"].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(ladder["change"], [0.0, -0.05, -0.05, -0.10])
+    assert halvings(front, "n_params")["trial_id"].tolist() == ["t0", "t1", "t1", "t1", "t5", "t5"]
+    # A minimised metric: from the lowest; against a plain loop over the trials.
+    loss = pareto_front(table_of(trial_records(True, "val_loss")), "val_loss")
+    found = halvings(loss)
+    values = {t: (v[1], v[4]) for t, v in TRIALS.items() if v[5] == 1.0}
+    start = min(values, key=lambda t: values[t][0])
+    budget, expected = values[start][1], []
+    while any(lat <= budget for _, lat in values.values()):
+        expected.append(min((t for t in values if values[t][1] <= budget), key=lambda t: values[t][0]))
+        budget /= 2
+    assert found["trial_id"].tolist() == expected
+    # Without the cost column: empty.
+    assert halvings(pareto_front(table_of(trial_records(costs=False)), METRIC)).empty
+
+
 def test_a_table_without_cost_columns_has_a_front_over_the_metric_and_a_note() -> None:
     front = pareto_front(table_of(trial_records(costs=False)), METRIC)
     assert front.objectives == (METRIC,) and front.missing == ("latency_ms", "n_params") and not front.has_costs
@@ -196,6 +219,8 @@ def test_the_report_rebuilds_pareto_csv_and_draws_the_front(tmp_path: Path, caps
     assert 'class="sortable numbers pareto"' in page
     table = page.split('class="sortable numbers pareto"')[1].split("</table>")[0]
     assert table.count("<tr") == 1 + 4 and '<tr class="winner">' in table
+    ladder = page.split('id="pareto-halvings"')[1].split("</table>")[0]
+    assert ladder.count("<tr") == 1 + 4 and "-0.1000" in ladder
     # An existing pareto.csv is what the page shows: the report does not rewrite it.
     run.write_pareto(rows.head(1))
     write_html_report(run)

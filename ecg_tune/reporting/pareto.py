@@ -4,8 +4,9 @@ Owns which trials are non-dominated (`non_dominated`) and the front table of a r
 (`pareto_front`): every trial with its figures for the search's objectives, whether it met the
 run's constraints (`feasible`), whether it is on the front (`on_front`, feasible trials only) and
 on each of the two 2-D fronts the report draws (the metric against `latency_ms` and against
-`n_params`). pareto.csv (`ParetoFront.csv_rows`, written through `RunFolder.write_pareto`) is the
-front's rows; the report's Pareto plots and table are figures.py's and page.py's.
+`n_params`), and what each halving of a cost costs in the metric (`halvings`). pareto.csv
+(`ParetoFront.csv_rows`, written through `RunFolder.write_pareto`) is the front's rows; the
+report's Pareto plots and tables are figures.py's and pareto_section.py's.
 
 The objectives are the search's own (`--objectives`, recorded in space.json's `search` block:
 `recorded_objectives`), else the search's metric, `latency_ms` and `n_params`. Each objective's
@@ -206,6 +207,33 @@ def run_front(run: RunFolder, objectives: Sequence[str] | None = None) -> Pareto
     except EcgTuneError:
         record = None  # a damaged space.json costs the recorded objectives only (the page says it is damaged)
     return pareto_front(run.trial_table(), run.best().metric, objectives or recorded_objectives(record))
+
+
+def halvings(front: ParetoFront, cost: str = LATENCY) -> pd.DataFrame:
+    """What each halving of `cost` costs in the metric: from the best feasible trial (step 0, its
+    cost the budget), the best feasible trial within half that budget, a quarter, ... until no
+    trial is that cheap. Columns: step, budget, trial_id, the metric, the cost, `change` (the
+    metric against step 0's). Empty without the cost or the metric."""
+    columns = ["step", "budget", "trial_id", front.metric, cost, "change"]
+    table = front.table
+    if cost not in table or front.metric not in table:
+        return pd.DataFrame(columns=columns)
+    usable = table[table[FEASIBLE] & table[front.metric].notna() & table[cost].notna()]
+    if usable.empty:
+        return pd.DataFrame(columns=columns)
+    higher = objective_direction(front.metric)
+    ranked = usable.sort_values(front.metric, ascending=not higher, kind="stable")
+    top = ranked.iloc[0]
+    rows, budget, step = [], float(top[cost]), 0
+    while True:
+        within = ranked[ranked[cost] <= budget]
+        if within.empty:
+            break
+        best = within.iloc[0]
+        rows.append([step, budget, best["trial_id"], float(best[front.metric]), float(best[cost]),
+                     float(best[front.metric]) - float(top[front.metric])])
+        step, budget = step + 1, budget / 2
+    return pd.DataFrame(rows, columns=columns)
 
 
 def describe(front: ParetoFront) -> str:

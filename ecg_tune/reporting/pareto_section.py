@@ -10,7 +10,7 @@ import pandas as pd
 
 from ecg_tune.reporting import figures
 from ecg_tune.reporting.markup import escape, plot_block, sortable_table
-from ecg_tune.reporting.pareto import LATENCY, PARAMS, ParetoFront
+from ecg_tune.reporting.pareto import LATENCY, PARAMS, ParetoFront, halvings
 
 
 def pareto_section(front: ParetoFront, rows: pd.DataFrame | None, winner: str) -> str:
@@ -38,5 +38,19 @@ def pareto_section(front: ParetoFront, rows: pd.DataFrame | None, winner: str) -
                f"{metric} first. Any of them can be delivered instead of the winner: ecg-tune refit --run "
                f"<this folder> --trial <trial_id> retrains that trial and tests it once.{notes}")
     parts.append(f"<h3 id=\"pareto-table\">The front (pareto.csv)</h3>\n{table}\n"
-                 f"<p class=\"caption\">{escape(caption)}</p>\n</section>")
+                 f"<p class=\"caption\">{escape(caption)}</p>")
+    ladder = halvings(front, LATENCY)
+    if len(ladder) > 1:
+        cells = [[r.trial_id, int(r.step), f"{r.budget:.3g}", f"{r[metric]:.4f}", f"{r[LATENCY]:.3g}",
+                  f"{r.change:+.4f}"] for _, r in ladder.iterrows()]
+        parts.append("<h3 id=\"pareto-halvings\">What each halving of latency costs</h3>\n"
+                     + sortable_table(["trial_id", "halvings", f"{LATENCY} at most", metric, LATENCY,
+                                       f"{metric} change"], cells, "numbers")
+                     + f"\n<p class=\"caption\">{escape(HALVINGS_CAPTION.format(metric=metric))}</p>")
+    parts.append("</section>")
     return "\n".join(parts)
+
+
+HALVINGS_CAPTION = ("From the feasible trial with the best {metric}: the best feasible trial within half its latency, "
+                    "a quarter, and so on, with what it gives up in {metric}. Validation figures of the search, "
+                    "not test figures.")
