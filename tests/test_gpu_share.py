@@ -251,9 +251,41 @@ def test_a_retry_after_an_out_of_memory_fails_at_once(monkeypatch: pytest.Monkey
     assert str(retried.value) == str(first.value) and retried.value.__cause__ is None
 
 
-def test_a_search_finishes_the_trials_that_fit(ray_cluster, tmp_path: Path) -> None:
+def test_one_line_trial_errors_keeps_our_line_and_other_tracebacks() -> None:
+    import logging
+    import sys
+
+    from ecg_tune.search.progress import OneLineTrialErrors
+
+    class Wrapped(Exception):  # as Ray's RayTaskError carries the task's own error
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("Traceback (most recent call last):\n  File ...")
+            self.cause = cause
+
+    def record(error: BaseException) -> logging.LogRecord:
+        try:
+            raise error
+        except BaseException:
+            return logging.LogRecord("ray.tune", logging.ERROR, __file__, 1, "Trial task failed for trial %s",
+                                     ("train_trial_1",), sys.exc_info())
+
+    ours = record(Wrapped(OutOfGpuMemory("CUDA out of memory training model simple_cnn")))
+    assert OneLineTrialErrors().filter(ours) and ours.exc_info is None
+    assert logging.Formatter().format(ours) == ("Trial task failed for trial train_trial_1: OutOfGpuMemory: "
+                                                "CUDA out of memory training model simple_cnn")
+    bug = record(Wrapped(ValueError("a bug")))
+    assert OneLineTrialErrors().filter(bug) and bug.exc_info is not None  # a bug keeps its traceback
+    assert "Traceback" in logging.Formatter().format(bug)
+
+
+def test_a_search_finishes_the_trials_that_fit(ray_cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A grid of three batch sizes on the logical GPU's quarters; the hook (FAILING) makes the
     # batch_size 64 trial run out of memory in its worker, as it would on a small share.
+    import logging
+
+    from ecg_tune.search.progress import TUNE_CONTROLLER_LOGGER
+
+    logging.getLogger(TUNE_CONTROLLER_LOGGER).addHandler(caplog.handler)  # Ray's loggers do not propagate
     space = tmp_path / "batches.yaml"
     space.write_text("model: simple_cnn\ninput_length: 600\nlr: 0.003\n"
                      "batch_size: {type: choice, values: [16, 32, 64]}\nsearch: {searcher: grid, max_epochs: 1}\n")
@@ -275,6 +307,10 @@ def test_a_search_finishes_the_trials_that_fit(ray_cluster, tmp_path: Path) -> N
     # trials.csv says why in one line; the trials that fit have no error.
     reasons = dict(zip(trials["config/batch_size"], trials["error"], strict=True))
     assert reasons[64] == f"OutOfGpuMemory: {line}" and pd.isna(reasons[16]) and pd.isna(reasons[32])
+    # The console: Tune's record of each failed attempt is that line, not Ray's traceback.
+    logging.getLogger(TUNE_CONTROLLER_LOGGER).removeHandler(caplog.handler)
+    failed = [r for r in caplog.records if r.name == TUNE_CONTROLLER_LOGGER and "Trial task failed" in r.getMessage()]
+    assert failed and all(r.getMessage().endswith(f"OutOfGpuMemory: {line}") and r.exc_info is None for r in failed)
 
 
 def test_a_refit_that_runs_out_of_memory_fails_in_one_line(ray_cluster) -> None:

@@ -3,16 +3,25 @@
 Tune's own console output prints a large box per result without the ranking metric in its table;
 this callback prints what a user of the search wants to watch instead: each trial's epochs and its
 best score, the best trial so far, and a table of every trial when one ends.
+
+Tune also logs every failed attempt of a trial with the traceback of Ray's wrapper around the
+error. For this project's own errors, which say in one line what went wrong and what to change
+(a CUDA out-of-memory: training/device.py), `OneLineTrialErrors` cuts that record to the line;
+any other error keeps its traceback, which is what one needs to find a bug.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from ecg_tune.errors import EcgTuneError
 from ecg_tune.search.trainable import sampled_values
 from ecg_tune.training.metrics import best_index, better, direction
 from ecg_tune.training.reported import TRAINING_ITERATION, finished
@@ -98,3 +107,31 @@ class SearchProgress(Callback):
             summary = ", ".join(f"{k}={row['config'][k]}" for k in keys if k in row["config"])
             self._print(f"      {trial_id}  {row['status']:8s} epochs {row['epoch']:2d}  "
                         f"best {self.metric} {best}  {summary}")
+
+
+# The logger Tune reports a failed trial attempt on ("Trial task failed for trial ...").
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+class OneLineTrialErrors(logging.Filter):
+    """A failed attempt whose error is an EcgTuneError logged as its one line, without Ray's
+    traceback; other records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        cause = getattr(error, "cause", None) or error
+        if isinstance(cause, EcgTuneError):
+            record.msg = f"{record.getMessage()}: {type(cause).__name__}: {cause}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+@contextmanager
+def one_line_trial_errors() -> Iterator[None]:
+    """`OneLineTrialErrors` on Tune's trial-failure logger while the search runs."""
+    logger, quiet = logging.getLogger(TUNE_CONTROLLER_LOGGER), OneLineTrialErrors()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)

@@ -68,7 +68,7 @@ def run_search(options: SearchOptions, space: AdaptedSpace, dataset: Dataset, pl
     from ray import tune
 
     from ecg_tune.search.interrupts import InterruptWatch, start_watching, storage_guard, was_interrupted
-    from ecg_tune.search.progress import SearchProgress
+    from ecg_tune.search.progress import SearchProgress, one_line_trial_errors
     from ecg_tune.search.trainable import train_trial  # imports ray.tune
 
     out = options.out.resolve()
@@ -122,7 +122,8 @@ def run_search(options: SearchOptions, space: AdaptedSpace, dataset: Dataset, pl
     started = time.perf_counter()
     start_watching(int(options.min_free_mb * 2**20))
     try:
-        results = tuner.fit()
+        with one_line_trial_errors():
+            results = tuner.fit()
     except Exception as exc:
         _raise_if_full(storage, exc)
         raise
