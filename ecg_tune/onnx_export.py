@@ -188,7 +188,8 @@ def export_onnx(folder: Path, members: Sequence[GraphMember], classes: Sequence[
             "windowings": windowings,
             "batch_size": ROCKET_BATCH_SIZE if any(m.config.model == "minirocket" for m in members) else BATCH_SIZE,
             "members": [{"name": m.name, "weight": m.weight, "model": m.config.model,
-                         "transform": m.config.transform, "normalisation": m.config.normalisation}
+                         "transform": m.config.transform, "normalisation": m.config.normalisation,
+                         **member_costs(m, len(classes))}
                         for m in members],
             "stats": "per window: its record's mean and standard deviation (float64, population; 1 when at "
                      f"most {FLAT_STD:g}) and how many of its samples are the record's (the rest are zero)",
@@ -199,6 +200,17 @@ def export_onnx(folder: Path, members: Sequence[GraphMember], classes: Sequence[
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}"}
     (folder / ONNX_META).write_text(json.dumps(meta, indent=2))
     return target
+
+
+def member_costs(member: GraphMember, n_classes: int) -> dict[str, int]:
+    """What a device pays for one member, as a trial reports it (training/costs.py): its numbers
+    (parameters and a kept-apart head's) and multiply-accumulates per window at its input length."""
+    from ecg_tune.training.costs import config_costs, head_macs, head_size, parameter_count
+
+    network = member.network
+    macs = config_costs(member.config, network.input_length, n_classes).macs
+    return {"n_params": parameter_count(network) + head_size(member.head),
+            "macs_per_window": macs + head_macs(member.head)}
 
 
 def export_or_warn(folder: Path, members: Sequence[GraphMember], classes: Sequence[str], fs: float | None) -> None:

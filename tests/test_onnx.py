@@ -35,6 +35,7 @@ from ecg_tune.data.tensors import to_tensors  # noqa: E402
 from ecg_tune.onnx_runtime import INT8_FILE, ONNX_FILE, ONNX_META, OnnxModel, cut_windows, window_starts  # noqa: E402
 from ecg_tune.training import evaluate  # noqa: E402
 from ecg_tune.training.loop import fit  # noqa: E402
+from ecg_tune.training.costs import forward_macs, head_macs, head_size, parameter_count  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTH = 500  # samples per window: every synthetic record is longer, so all are windowed
@@ -136,6 +137,12 @@ def test_each_family_and_transform_predicts_as_torch(model: str, transform: str,
     meta = json.loads((folder / ONNX_META).read_text())
     assert meta["opset"] >= 17 and meta["classes"] == dataset.records.classes and meta["fs"] == 300.0
     assert [(w["input_length"], w["overlap"]) for w in meta["windowings"]] == [(LENGTH, 0.5)]
+    # What the device pays, as the trial reported it: parameters (a kept-apart head's too) and MACs.
+    bundle = load_bundle(folder, device="cpu")
+    (member,) = meta["members"]
+    assert member["n_params"] == parameter_count(bundle.network) + head_size(bundle.head) > 0
+    assert member["macs_per_window"] == forward_macs(bundle.network, features=bundle.head is not None
+                                                     and bundle.head.file is not None) + head_macs(bundle.head)
     assert_agrees(folder, records, f"{model} ({transform})")
 
 
