@@ -420,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--test-records", type=int, default=200, help="test records compared (default 200)")
     deploy.add_argument("--run", help="measure the model this finished, refitted search delivered (on its own test "
                                       "records) instead of training each family")
+    fronts = kinds.add_parser("fronts", help="finished searches' fronts side by side: trials, front size, the area "
+                                             "each front dominates in (log2 latency, metric) on a shared box, and "
+                                             "what each halving of latency costs")
+    fronts.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="finished search folders")
+    fronts.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     for kind in (pipeline, strategies, overhead, gpu, quality, portfolio, steadiness, resample, precision, deploy):
         kind.add_argument("--data", default=None,
                           help="data source (default: ../shared/data/cinc2017/training2017 beside the "

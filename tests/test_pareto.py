@@ -21,7 +21,7 @@ from ecg_tune.cli import main
 from ecg_tune.data import prepare
 from ecg_tune.errors import ConfigError
 from ecg_tune.reporting.page import build_page, write_html_report
-from ecg_tune.reporting.pareto import halvings, non_dominated, pareto_front, recorded_objectives, run_front
+from ecg_tune.reporting.pareto import halvings, hypervolume, non_dominated, pareto_front, recorded_objectives, run_front
 from ecg_tune.runs import BestConfig, RunFolder, TrialRecord, TrialTable
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +165,41 @@ def test_what_each_halving_of_latency_costs() -> None:
     assert found["trial_id"].tolist() == expected
     # Without the cost column: empty.
     assert halvings(pareto_front(table_of(trial_records(costs=False)), METRIC)).empty
+
+
+def test_hypervolume_against_a_grid_count() -> None:
+    front = pareto_front(table_of(trial_records()), METRIC)
+    # By hand, along log2 latency from t2's 0.5 ms to the 8-ms ceiling, the best score so far
+    # above the 0.5 floor: 1 x 0.30 + 1 x 0.35 + log2(3/2) x 0.35 + log2(4/3) x 0.35 + 1 x 0.40.
+    assert hypervolume(front, "latency_ms", 0.5, 8.0) == pytest.approx(1.40, abs=1e-9)
+    # Against a count over a fine grid of (log2 latency, score): a point counts when a feasible
+    # trial is at least as fast and scores at least as high.
+    trials = [(np.log2(v[4]), v[1]) for v in TRIALS.values() if v[5] == 1.0]
+    u, y = np.meshgrid(np.linspace(-3, 3, 3001)[:-1] + 0.001, np.linspace(0.5, 1.0, 1001)[:-1] + 0.00025)
+    covered = np.zeros(u.shape, dtype=bool)
+    for log_latency, score in trials:
+        covered |= (u >= log_latency) & (y <= score)
+    assert hypervolume(front, "latency_ms", 0.5, 8.0) == pytest.approx(covered.mean() * 6 * 0.5, abs=2e-3)
+    # Trials under the floor or over the ceiling add nothing; a minimised metric is turned.
+    assert hypervolume(front, "latency_ms", 0.95, 8.0) == 0.0 and hypervolume(front, "latency_ms", 0.5, 0.4) == 0.0
+    loss = pareto_front(table_of(trial_records(True, "val_loss")), "val_loss")
+    assert hypervolume(loss, "latency_ms", 1.0, 8.0) == pytest.approx(
+        1 * 0.20 + 1 * 0.20 + np.log2(1.5) * 0.30 + np.log2(4 / 3) * 0.40 + 1 * 0.40)
+
+
+def test_benchmark_fronts_compares_run_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one, two = hand_made_run(tmp_path / "one"), hand_made_run(tmp_path / "two")
+    two.write_trials([r for r in trial_records() if r.trial_id != "t0"])  # without the best trial
+    assert main(["benchmark", "fronts", "--runs", str(one.path), str(two.path), "--out", str(tmp_path / "out")]) == 0
+    (written,) = (tmp_path / "out").glob("fronts-*.json")
+    result = json.loads(written.read_text())
+    assert result["floor"] == 0.6 and result["ceiling"] == pytest.approx(4.0, rel=1e-3)
+    first, second = result["runs"]
+    assert (first["trials"], first["front"], second["trials"]) == (7, 3, 6)
+    assert first["hypervolume"] > second["hypervolume"] > 0  # the run with t0 dominates more
+    assert [h["trial_id"] for h in first["halvings"]] == ["t0", "t1", "t1", "t2"]
+    assert "| one | 7 | 12 | 3 |" in capsys.readouterr().out
+    assert main(["benchmark", "fronts", "--runs", str(tmp_path / "nope")]) == 2
 
 
 def test_a_table_without_cost_columns_has_a_front_over_the_metric_and_a_note() -> None:

@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ecg_tune.benchmarks.common import machine_info, results_path, thin
 from ecg_tune.data import Dataset
 from ecg_tune.data.sources import LabelColumn
+from ecg_tune.errors import EcgTuneError
 
 Kind = Literal["pipeline", "search", "overhead", "gpu", "quality", "portfolio", "steadiness", "resample",
-               "precision", "deploy"]
+               "precision", "deploy", "fronts"]
 # CinC 2017 where the project's shared data sits beside the checkout, as on the team's machines.
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cinc2017" / "training2017"
 # Records in play for --quick: enough for every code path, small enough for minutes.
@@ -65,6 +66,7 @@ class BenchmarkOptions(BaseModel):
     seed: int | None = Field(None, ge=0)  # quality: the split's and the search's seed
     accuracy: bool = False  # precision: also fp32 against bf16 best validation scores
     families: list[str] | None = None  # deploy: a subset of the model families
+    runs: list[Path] | None = None  # fronts: finished search folders to compare
     test_records: int | None = Field(None, ge=1)  # deploy: test records compared per family
 
     @field_validator("records")
@@ -81,6 +83,14 @@ class BenchmarkOptions(BaseModel):
         for path in value or ():
             if not path.is_file():
                 raise ValueError(f"{path}: no such file")
+        return value
+
+    @field_validator("runs")
+    @classmethod
+    def _folders(cls, value: list[Path] | None) -> list[Path] | None:
+        for path in value or ():
+            if not path.is_dir():
+                raise ValueError(f"{path}: no such folder")
         return value
 
     @field_validator("run")
@@ -191,6 +201,13 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
                 train_records=300 if quick else options.records or 2000, test_records=test_records, cpus=_all_cpus())
             result["bundles"] = str(results_dir)
         table = deploy.table(result)
+    elif options.benchmark == "fronts":
+        from ecg_tune.benchmarks import fronts
+
+        if not options.runs:
+            raise EcgTuneError("benchmark fronts: --runs needs at least one finished search folder")
+        result = fronts.compare_fronts(options.runs)
+        table = fronts.table(result)
     elif options.benchmark == "precision":
         from ecg_tune.benchmarks import precision
 

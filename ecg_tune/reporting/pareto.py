@@ -4,7 +4,8 @@ Owns which trials are non-dominated (`non_dominated`) and the front table of a r
 (`pareto_front`): every trial with its figures for the search's objectives, whether it met the
 run's constraints (`feasible`), whether it is on the front (`on_front`, feasible trials only) and
 on each of the two 2-D fronts the report draws (the metric against `latency_ms` and against
-`n_params`), and what each halving of a cost costs in the metric (`halvings`). pareto.csv
+`n_params`), what each halving of a cost costs in the metric (`halvings`) and the area a front
+dominates (`hypervolume`, to compare searches). pareto.csv
 (`ParetoFront.csv_rows`, written through `RunFolder.write_pareto`) is the front's rows; the
 report's Pareto plots and tables are figures.py's and pareto_section.py's.
 
@@ -234,6 +235,26 @@ def halvings(front: ParetoFront, cost: str = LATENCY) -> pd.DataFrame:
                      float(best[front.metric]) - float(top[front.metric])])
         step, budget = step + 1, budget / 2
     return pd.DataFrame(rows, columns=columns)
+
+
+def hypervolume(front: ParetoFront, cost: str, floor: float, ceiling: float) -> float:
+    """The area the feasible trials dominate in (log2 `cost`, metric) within the box from `floor`
+    (the metric's worst end: a majority-class score, say) to `ceiling` (the largest cost that
+    counts): one number to compare two searches' fronts by, on the same box. The metric is
+    turned so that higher is better; each halving of the cost is worth the same width."""
+    table = front.table
+    if cost not in table or front.metric not in table or ceiling <= 0:
+        return 0.0
+    sign = 1.0 if objective_direction(front.metric) else -1.0
+    rows = table[table[FEASIBLE] & table[front.metric].notna() & table[cost].notna()]
+    points = sorted((float(c), sign * float(m)) for c, m in zip(rows[cost], rows[front.metric], strict=True)
+                    if 0 < c < ceiling and sign * m > sign * floor)
+    area, best = 0.0, sign * floor
+    edges = [c for c, _ in points] + [ceiling]
+    for (low, score), high in zip(points, edges[1:], strict=True):
+        best = max(best, score)  # the best metric at this cost or less: the front's step
+        area += (np.log2(high) - np.log2(low)) * (best - sign * floor)
+    return float(area)
 
 
 def describe(front: ParetoFront) -> str:
