@@ -117,7 +117,7 @@ def _refit_task(config_values: dict[str, Any], tensors: Any, train_index: np.nda
             last = result
             queue.put(f"{label} epoch {result.epoch}/{len(lr_schedule)}  train_loss "
                       f"{result.metrics['train_loss']:.4f}  lr {result.metrics['lr']:.2g}  "
-                      f"{result.metrics['epoch_seconds']:.1f} s")
+                      f"{result.metrics['epoch_seconds']:.1f} s{'  bf16' if result.metrics.get(BF16) else ''}")
         assert last is not None, "the refit trains at least one epoch"
         if last.head is not None:
             queue.put(f"{label}: {last.head.name} fitted on all training features")

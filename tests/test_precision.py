@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ecg_tune.cli import main
 from ecg_tune.config import make_config
 from ecg_tune.data import prepare
 from ecg_tune.errors import ConfigError
@@ -34,6 +35,7 @@ from ecg_tune.search.export import trial_records, write_results
 from ecg_tune.search.space_file import load_space
 from ecg_tune.training import loop, precision
 from ecg_tune.training.evaluate import record_probabilities
+from ecg_tune.training.folds import fit_folds
 from ecg_tune.training.loop import fit
 from ecg_tune.training.precision import StepCost, decide, fast_bf16, reported_precision
 from ecg_tune.training.reported import BF16, combine_folds, describe_key, exported, tracked
@@ -257,6 +259,29 @@ def test_auto_measured_faster_runs_bf16_and_resume_and_refit_keep_it(dataset, ca
                 lr_schedule=straight[best - 1].state()["lr_history"], head_last_epoch_only=True)
     for key, value in refit[-1].network.state_dict().items():
         assert torch.equal(value, straight[best - 1].network.state_dict()[key]), key
+
+
+def test_folds_resolve_auto_once_and_every_fold_runs_it(dataset, capable, monkeypatch) -> None:
+    """Under cross-validation the first fold measures and the others take its choice: a trial is
+    all bf16 or all fp32 (what the refit replays), at one measurement's cost, not K."""
+    monkeypatch.setattr(precision, "MIN_EPOCH_STEPS", 0)
+    calls = stub_cost(monkeypatch, StepCost(1e12, fp32=0.2, bf16=0.1))
+    rows = np.concatenate([dataset.index("train")[:TRAIN_RECORDS], dataset.index("val")[:VAL_RECORDS]])
+    folds = [(np.setdiff1d(rows, part), part) for part in np.array_split(rows, 3)]
+    epochs = list(fit_folds(tiny(**RESNET, epochs=2), dataset.tensors, folds, device="cpu"))
+    assert len(calls) == 1
+    assert [e.metrics[BF16] for e in epochs] == [1.0, 1.0]
+    assert [r.metrics[BF16] for e in epochs for r in e.folds] == [1.0] * 6
+
+
+def test_train_says_bf16_on_its_epoch_lines(capable, capsys) -> None:
+    assert main(["train", "--data", "synthetic:40", "--epochs", "2", "--set", "model=simple_cnn",
+                 "--set", "input_length=600", "--set", "precision=bf16"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2 and all(line.endswith("  bf16") for line in lines)
+    assert main(["train", "--data", "synthetic:40", "--epochs", "1", "--set", "model=simple_cnn",
+                 "--set", "input_length=600", "--set", "precision=fp32"]) == 0
+    assert "bf16" not in capsys.readouterr().out
 
 
 # -- export and refit --------------------------------------------------------------------------

@@ -31,6 +31,7 @@ that the K models and the refit are the same network.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,7 +45,8 @@ from ecg_tune.data.split import make_folds, most_folds
 from ecg_tune.data.tensors import TensorData
 from ecg_tune.training.device import pick_device
 from ecg_tune.training.loop import EpochResult, fit, resolve_input_length
-from ecg_tune.training.reported import FINISHED, EarlyStop, combine_folds, finished
+from ecg_tune.training.precision import reported_precision
+from ecg_tune.training.reported import BF16, FINISHED, EarlyStop, combine_folds, finished
 
 # Below this many validation records the split's val part ranks trials by noise: at 100 records
 # a two-class accuracy has a standard error of about 5 points (sqrt(0.5 * 0.5 / 100)), the size
@@ -149,8 +151,7 @@ def fit_folds(config: TrainConfig, data: TensorData, folds: Sequence[Fold], *,
     every = np.unique(np.concatenate([np.concatenate(fold) for fold in folds]))
     # Early stopping moves here (on the mean); the input length is the refit's (module docstring).
     config = config.with_updates(input_length=resolve_input_length(config, data, every), early_stop_patience=0)
-    runs = [fit(config, data, train, val, device=device, resume=state)
-            for (train, val), state in zip(folds, states, strict=True)]
+    runs = _fold_runs(config, data, folds, states, device)
     for results in zip(*runs, strict=True):  # each fold one epoch further, in turn
         metrics = combine_folds([r.metrics for r in results])
         early.update(metrics)
@@ -160,3 +161,20 @@ def fit_folds(config: TrainConfig, data: TensorData, folds: Sequence[Fold], *,
         yield FoldsEpoch(results[0].epoch, metrics, list(results), state, val_indices)
         if early.stop:
             return
+
+
+def _fold_runs(config: TrainConfig, data: TensorData, folds: Sequence[Fold], states: Sequence[dict | None],
+               device: torch.device) -> list[Iterator[EpochResult]]:
+    """One training run per fold. `precision: auto` is resolved once, by the first fold (its
+    first epoch measures, training/precision.py), and the others take what it chose: K separate
+    measurements would cost K times as much and could disagree within their noise, leaving a
+    trial that is part bf16 for the refit to replay. A resumed trial's folds keep their own."""
+    first: Iterator[EpochResult] = fit(config, data, *folds[0], device=device, resume=states[0])
+    rest = config
+    if config.precision == "auto" and states[0] is None:
+        opening = next(first, None)
+        if opening is not None:
+            rest = config.with_updates(precision=reported_precision(opening.metrics[BF16]))
+            first = itertools.chain([opening], first)
+    return [first] + [fit(rest, data, train, val, device=device, resume=state)
+                      for (train, val), state in zip(folds[1:], states[1:], strict=True)]

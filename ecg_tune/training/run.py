@@ -18,6 +18,7 @@ from ecg_tune.data import Dataset
 from ecg_tune.data.split import save_split
 from ecg_tune.training.loop import fit, resolve_input_length
 from ecg_tune.training.metrics import ranking_metric
+from ecg_tune.training.reported import BF16
 
 
 def train_one(config: TrainConfig, dataset: Dataset, out: Path | None = None,
@@ -43,7 +44,8 @@ def train_one(config: TrainConfig, dataset: Dataset, out: Path | None = None,
         extra = f" {metric} {m[metric]:.3f}" if metric in m and metric != "val_macro_f1" else ""
         print(f"epoch {result.epoch:3d}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
               f"val_accuracy {m['val_accuracy']:.3f}  val_macro_f1 {m['val_macro_f1']:.3f}{extra}  "
-              f"lr {m['lr']:.2g}  {m['epoch_seconds']:.1f} s ({m['train_samples_per_s']:.0f} samples/s)",
+              f"lr {m['lr']:.2g}  {m['epoch_seconds']:.1f} s ({m['train_samples_per_s']:.0f} samples/s)"
+              f"{'  bf16' if m.get(BF16) else ''}",
               file=stream, flush=True)
         if out is not None:
             (out / "history.json").write_text(json.dumps(history, indent=2))
