@@ -308,6 +308,11 @@ def test_rank_trials_in_the_metrics_direction() -> None:
     assert rank_trials(table, "val_macro_f1") == ["b", "d", "a"]  # ties keep the table's order, NaN left out
     assert rank_trials(table, "val_loss") == ["b", "d", "a", "c"]
     assert rank_trials(table, "val_accuracy") == []
+    # Cost limits: an infeasible trial is never ranked, and a repeated id does not break the ranking.
+    frame["final/feasible"] = [1.0, 0.0, 1.0, 1.0]
+    assert rank_trials(TrialTable.from_frame(frame), "val_macro_f1") == ["d", "a"]
+    twice = pd.concat([frame, frame.iloc[[3]].assign(**{"best/val_macro_f1": np.nan})], ignore_index=True)
+    assert rank_trials(TrialTable.from_frame(twice), "val_macro_f1") == ["d", "a"]
 
 
 def test_choose_for_run_writes_ensemble_json(tmp_path) -> None:

@@ -23,7 +23,7 @@ from ecg_tune.data import Dataset, prepare
 from ecg_tune.pipeline import PipelineOptions, run_pipeline
 from ecg_tune.runs import RunFolder, TrialRecord
 from ecg_tune.search import trainable
-from ecg_tune.search.export import write_trial_predictions
+from ecg_tune.search.export import trial_records, write_trial_predictions
 from ecg_tune.search.plan import SearchOptions
 from ecg_tune.search.trainable import PREDICTIONS_FILE, BestPredictions, read_predictions, train_trial
 from ecg_tune.training.folds import choose_validation
@@ -240,3 +240,30 @@ def test_every_trial_of_a_search_keeps_its_predictions_at_its_best_epoch(ray_clu
                                         small.tensors.classes)
         assert scored["cinc_f1"] == pytest.approx(history.loc[predictions.epoch, "val_cinc_f1"])
         assert scored["confusion"] == json.loads(history.loc[predictions.epoch, "val_confusion"])
+
+
+def test_a_trial_handed_another_trials_last_result_is_exported_as_itself() -> None:
+    """Ray 2.60 with reused actors: a trial started as the time budget ends can come back with the
+    previous trial's last result (its id, metrics and config) and no history of its own. It is
+    exported under its own id (its folder's name) with no metrics or config, and a trial whose
+    own history exists keeps its history's id and config."""
+    def history(trial_id: str, epochs: int) -> pd.DataFrame:
+        return pd.DataFrame({TRAINING_ITERATION: range(1, epochs + 1), "trial_id": trial_id,
+                             "val_macro_f1": np.linspace(0.5, 0.7, epochs), "config/model": "simple_cnn",
+                             "config/lr": 0.01})
+    first = {"trial_id": "0696298c", "val_macro_f1": 0.7, "config": {"model": "cnn_svm", "lr": 0.5}}
+    folder = "/x/experiment/train_trial_{}_{}_augmentation=none,model=cnn_svm_2026-12-05_21-57-34"
+    results = [
+        SimpleNamespace(metrics=first, metrics_dataframe=history("0696298c", 3), error=None,
+                        path=folder.format("0696298c", 317), config=first["config"]),
+        SimpleNamespace(metrics=first, metrics_dataframe=None, error=None,  # never reported
+                        path=folder.format("7b60250b", 320), config=first["config"]),
+        SimpleNamespace(metrics=first, metrics_dataframe=history("aa11bb22", 2), error=None,  # reported, then handed
+                        path=folder.format("aa11bb22", 318), config=first["config"]),
+    ]
+    records = trial_records(results, "val_macro_f1", max_epochs=54)
+    assert [r.trial_id for r in records] == ["0696298c", "7b60250b", "aa11bb22"]
+    assert records[0].config == {"model": "cnn_svm", "lr": 0.5} and records[0].best_epoch == 3
+    assert records[1].epochs == 0 and records[1].config == {} and records[1].best == {}
+    assert records[2].config == {"model": "simple_cnn", "lr": 0.01} and records[2].epochs == 2
+

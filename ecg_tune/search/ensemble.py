@@ -321,7 +321,8 @@ def rank_trials(table: TrialTable, metric: str) -> list[str]:
         return []
     scores = table.best[metric].astype(float).dropna()
     if FEASIBLE in table.final:
-        scores = scores[~(table.final[FEASIBLE].reindex(scores.index).astype(float) <= 0)]
+        infeasible = table.final.index[table.final[FEASIBLE].astype(float) <= 0]
+        scores = scores[~scores.index.isin(infeasible)]
     order = scores.sort_values(ascending=direction(metric) == "min", kind="stable")
     return [str(i) for i in order.index]
 

@@ -23,6 +23,7 @@ epoch's in each), and only when they are of that best epoch.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,22 +66,25 @@ def error_line(error: BaseException) -> str:
     return (lines[-1] if lines else type(error).__name__)[:500]
 
 
+# A Tune trial folder's name: `<trainable>_<8-hex trial id>_<trial index>_<tag>_<date>`.
+_TRIAL_FOLDER = re.compile(r"_([0-9a-f]{8})_\d+(?:_|$)")
+
+
 def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecord]:
     """One record per trial of Tune's ResultGrid."""
     records = []
     for result in results:
         history = result.metrics_dataframe
-        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+        trial_id, metrics, config = _own_result(result, history)
         epochs = 0 if history is None or history.empty else int(history[TRAINING_ITERATION].max())
         status: TrialStatus
         if result.error is not None:
             status = "errored"
-        elif epochs >= max_epochs or finished(result.metrics):  # ran out its epochs, or ended by itself
+        elif epochs >= max_epochs or finished(metrics):  # ran out its epochs, or ended by itself
             status = "completed"
         else:
             status = "stopped"
-        record = TrialRecord(trial_id=trial_id, status=status, epochs=epochs,
-                             config=sampled_values(result.config or {}),
+        record = TrialRecord(trial_id=trial_id, status=status, epochs=epochs, config=sampled_values(config),
                              error=None if result.error is None else error_line(result.error))
         if epochs:
             numeric = [c for c in history.columns if exported(c) and pd.api.types.is_numeric_dtype(history[c])]
@@ -100,6 +104,31 @@ def trial_records(results: Any, metric: str, max_epochs: int) -> list[TrialRecor
                 record.peak_metrics = {c: float(peak[c]) for c in ranked}
         records.append(record)
     return records
+
+
+def _own_result(result: Any, history: pd.DataFrame | None) -> tuple[str, dict, dict]:
+    """(trial id, last metrics, config) of a Tune result, all of its own trial.
+
+    Ray 2.60 can hand a trial another trial's last result (the ResultGrid takes `trial.last_result`):
+    in a 7-minute ECG5000 search with reused actors, a trial created as the time budget ended came
+    back with the last result of one that had just finished (its id, metrics and config) and no
+    history of its own: two rows with one id, on which the ensemble's ranking failed. (Restored
+    from the saved experiment, the same trial has an empty last result.) So the id comes from its own
+    history (its `trial_id` column), else from its folder's name (`<trainable>_<id>_<index>_...`);
+    metrics naming another trial are not its own, and its config is then its history's."""
+    metrics = dict(result.metrics or {})
+    history = history if history is not None and not history.empty else None
+    if history is not None and "trial_id" in history.columns:
+        trial_id = str(history["trial_id"].iloc[-1])
+    elif (named := _TRIAL_FOLDER.search(Path(result.path or "").name)) is not None:
+        trial_id = named[1]
+    else:
+        trial_id = str(metrics.get("trial_id") or Path(result.path).name)
+    if str(metrics.get("trial_id", trial_id)) == trial_id:
+        return trial_id, metrics, result.config or {}
+    last = history.iloc[-1] if history is not None else pd.Series(dtype=object)
+    config = {c.removeprefix("config/"): last[c] for c in last.index if c.startswith("config/") and pd.notna(last[c])}
+    return trial_id, {}, config
 
 
 def feasible(record: TrialRecord) -> bool:
