@@ -94,7 +94,6 @@ import logging
 import math
 import pickle
 import uuid
-import warnings
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +180,7 @@ def tpe_sampler(seed: int | None, startup_trials: int) -> optuna.samplers.TPESam
     """TPE as a search runs it: multivariate with groups, so that parameters are modelled jointly
     and conditional ones (present in some trials only) too; constant liar, so that trials running
     at once get proposals apart from each other; `startup_trials` random trials first."""
-    with warnings.catch_warnings():  # `group` and `constant_liar` are marked experimental; chosen knowingly
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_optuna():  # `group` and `constant_liar` are marked experimental: chosen knowingly
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                           n_startup_trials=startup_trials)
 
@@ -304,8 +302,7 @@ class PruningAwareOptunaSearch(Searcher):
         with quiet_optuna():
             study = optuna.create_study(
                 storage=storage or in_memory, sampler=sampler or optuna.samplers.TPESampler(seed=seed),
-                pruner=optuna.pruners.NopPruner(),
-                study_name=study_name or DEFAULT_STUDY_NAME, load_if_exists=True,
+                pruner=optuna.pruners.NopPruner(), study_name=study_name or DEFAULT_STUDY_NAME, load_if_exists=True,
                 directions=["minimize" if m == "min" else "maximize" for m in modes])
         for point in points:
             study.enqueue_trial(dict(point))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -131,14 +132,17 @@ def clamped_to_limits(chosen: dict[str, Any], facts: DataFacts, min_input: int) 
 
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO lines ("A new study created in memory with name: ...") off inside: every
-    study here is one the user follows through ecg-tune's own lines, not Optuna's."""
+    """Optuna's INFO lines ("A new study created in memory with name: ...") and its warnings that
+    a feature is experimental off inside: every study here is one the user follows through
+    ecg-tune's own lines, and the experimental features used are chosen knowingly."""
     import optuna
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
     finally:
         optuna.logging.set_verbosity(verbosity)
 
