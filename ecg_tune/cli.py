@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a custom Ray resource each trial also asks for (repeatable), e.g. "
                              "gpu_node=0.01 to run trials only on nodes started with that resource")
     search.add_argument("--optuna-storage", metavar="URL", help="keep the Optuna study there, e.g. sqlite:///study.db")
-    search.add_argument("--keep-checkpoints", type=int, default=1, help="checkpoints kept per trial")
+    search.add_argument("--keep-checkpoints", type=int, default=argparse.SUPPRESS,
+                        help="checkpoints kept of a running trial (default 3); an ended trial keeps its newest")
     search.add_argument("--min-free-mb", type=float, default=256.0, metavar="MB",
                         help="stop the search (resumably) when less than this is free on a local storage "
                              "(default 256)")

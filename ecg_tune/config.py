@@ -75,7 +75,7 @@ class TrainConfig(BaseModel):
     early_stop_patience: int = 0  # 0: train all epochs
     # the training steps' precision: bf16 autocast, fp32, or auto: bf16 where the device has fast
     # bf16 and a few timed steps show the model gains from it (training/precision.py)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     # evaluation: windows of input_length over each record, overlapping by this fraction
     window_overlap: float = 0.5
     seed: int = 0

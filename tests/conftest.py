@@ -81,7 +81,7 @@ def _clusters_on_loopback() -> None:
 def refitted_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A finished, refitted 3-trial smoke search with --mlflow through the command line (about
     30-50 s here), shared by the report, browser and tracking tests: (the --out folder, what it
-    printed)."""
+    printed on stdout and stderr)."""
     import subprocess
     import sys
 
@@ -92,4 +92,4 @@ def refitted_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
                            "--mlflow", "--no-onnx"],
                           capture_output=True, text=True, cwd=root, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return out, done.stdout
+    return out, done.stdout + done.stderr

@@ -95,6 +95,12 @@ def test_search_and_refit_leave_a_self_contained_report(searched: tuple[Path, st
     assert f"report: {out / 'report.html'}" in stdout
     assert "parameters that mattered most" in stdout or "parameter importances:" in stdout
     assert "report.html" in stdout.split("test (")[-1]
+    # ecg-tune's own lines only: not Tune's experiment box, nor Optuna's study notices and warnings.
+    for noise in ("Configuration for experiment", "A new study created", "Argument ``group``"):
+        assert noise not in stdout, noise
+    # Every trial ended, and an ended trial keeps its newest checkpoint only (search/checkpoints.py).
+    folders = [trial for trial in (out / "experiment").iterdir() if trial.is_dir()]
+    assert len(folders) == len(trials) and all(len(list(f.glob("checkpoint_*"))) == 1 for f in folders)
 
 
 def test_report_command_rebuilds_a_run_without_report_json(searched: tuple[Path, str], tmp_path: Path,

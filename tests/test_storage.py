@@ -17,6 +17,7 @@ from conftest import ROOT, search_cli
 
 from ecg_tune.errors import ConfigError, EcgTuneError
 from ecg_tune.runs import RunFolder
+from ecg_tune.search.checkpoints import delete_older_checkpoints
 from ecg_tune.storage import ExperimentStorage
 
 SEARCH = [sys.executable, str(ROOT / "scripts" / "search.py")]
@@ -198,3 +199,21 @@ def test_a_trial_that_went_back_has_one_row_per_epoch_the_last(tmp_path: Path) -
     assert history["training_iteration"].tolist() == [1, 2, 3]
     assert history["lr"].tolist() == pytest.approx([0.3, 0.4, 0.5])
     assert list(run.histories("xyz")) == ["xyz"] and set(run.histories()) == {"abc", "xyz"}
+
+
+def test_an_ended_trial_keeps_its_newest_registered_checkpoint_and_any_newer(tmp_path: Path) -> None:
+    """search/checkpoints.py: the older folders go; the registered one (the predictions of the
+    ranked epoch) and a newer one Tune never registered stay, and so does everything else."""
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    trial = tmp_path / "train_trial_0696298c_3_model=simple_cnn"
+    for index in range(4):
+        (trial / f"checkpoint_{index:06d}").mkdir(parents=True)
+        (trial / f"checkpoint_{index:06d}" / "state.pt").write_bytes(b"state")
+    (trial / "result.json").write_text("{}\n")
+    registered = tune.Checkpoint(str(trial / "checkpoint_000002"), filesystem=pafs.LocalFileSystem())
+    assert delete_older_checkpoints(registered) == 2
+    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000002", "checkpoint_000003", "result.json"]
+    assert delete_older_checkpoints(registered) == 0 and delete_older_checkpoints(None) == 0
+

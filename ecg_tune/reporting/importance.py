@@ -18,6 +18,7 @@ import numpy as np
 from ecg_tune.reporting.analysis import Parameter, search_parameters, trial_scores
 from ecg_tune.runs import TrialTable
 from ecg_tune.search.parameters import Parameter as DeclaredParameter
+from ecg_tune.search.samplers import quiet_optuna
 from ecg_tune.training.metrics import direction
 
 # Below three trials a forest has nothing to split on; the page says so instead of showing numbers.
@@ -116,10 +117,8 @@ def _fanova(parameters: list[Parameter], rows: list[int], scores: np.ndarray, me
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line per study
     try:
-        with warnings.catch_warnings():
+        with quiet_optuna(), warnings.catch_warnings():
             # normalize=False is marked experimental; the raw shares are what the scaling needs.
             warnings.simplefilter("ignore")
             study = optuna.create_study(direction="minimize" if direction(metric) == "min" else "maximize")
@@ -134,8 +133,6 @@ def _fanova(parameters: list[Parameter], rows: list[int], scores: np.ndarray, me
                                           params=list(distributions), normalize=False)
     except RuntimeError:  # "zero total variance in all trees": nothing to attribute
         return {}
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     return {k: max(0.0, float(v)) for k, v in found.items()}
 
 

@@ -105,6 +105,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
+from ecg_tune.search.samplers import quiet_optuna
 from ecg_tune.search.upstream import LEGACY_ONLY, legacy_searcher_state
 from ecg_tune.training.reported import TRAINING_ITERATION, finished
 
@@ -179,8 +180,9 @@ def tpe_sampler(seed: int | None, startup_trials: int) -> optuna.samplers.TPESam
     """TPE as a search runs it: multivariate with groups, so that parameters are modelled jointly
     and conditional ones (present in some trials only) too; constant liar, so that trials running
     at once get proposals apart from each other; `startup_trials` random trials first."""
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                      n_startup_trials=startup_trials)
+    with quiet_optuna():  # `group` and `constant_liar` are marked experimental: chosen knowingly
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=startup_trials)
 
 
 class WindowedMemoryStorage(InMemoryStorage):
@@ -297,10 +299,11 @@ class PruningAwareOptunaSearch(Searcher):
         # Optuna's own pruner is never consulted (Tune's scheduler stops trials); NopPruner says so
         # in the study, as Ray's OptunaSearch did.
         in_memory = None if model_window is None else WindowedMemoryStorage(model_window)
-        study = optuna.create_study(
-            storage=storage or in_memory, sampler=sampler or optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.NopPruner(), study_name=study_name or DEFAULT_STUDY_NAME, load_if_exists=True,
-            directions=["minimize" if m == "min" else "maximize" for m in modes])
+        with quiet_optuna():
+            study = optuna.create_study(
+                storage=storage or in_memory, sampler=sampler or optuna.samplers.TPESampler(seed=seed),
+                pruner=optuna.pruners.NopPruner(), study_name=study_name or DEFAULT_STUDY_NAME, load_if_exists=True,
+                directions=["minimize" if m == "min" else "maximize" for m in modes])
         for point in points:
             study.enqueue_trial(dict(point))
         self._state = SearcherState(study, storage)

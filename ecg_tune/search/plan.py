@@ -104,7 +104,8 @@ class SearchOptions(BaseModel):
     # custom Ray resources each trial also asks for, e.g. {"gpu_node": 0.01} to keep trials on the
     # nodes that declare that resource (`ray start --resources '{"gpu_node": 1}'`)
     trial_resources: dict[str, float] = Field(default_factory=dict)
-    keep_checkpoints: int = Field(1, ge=1)
+    # of a running trial; an ended trial keeps its newest (search/checkpoints.py: why 3)
+    keep_checkpoints: int = Field(3, ge=1)
     # a search on a local storage stops (resumably) when less than this is free (storage_guard.py)
     min_free_mb: float = Field(256.0, ge=0)
     max_failures: int = Field(MAX_TRIAL_FAILURES, ge=0)

@@ -14,7 +14,10 @@ searcher rejects, and the grid skips, a configuration above `--max-params` / `--
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ecg_tune.config import default_value, make_config
@@ -126,6 +129,23 @@ def clamped_to_limits(chosen: dict[str, Any], facts: DataFacts, min_input: int) 
     return out
 
 
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines ("A new study created in memory with name: ...") and its warnings that
+    a feature is experimental off inside: every study here is one the user follows through
+    ecg-tune's own lines, and the experimental features used are chosen knowingly."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
 def sample_configs(space: AdaptedSpace, n: int, seed: int = 0,
                    start: tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:
     """`n` configurations drawn by Optuna's RandomSampler through the space's define-by-run
@@ -133,12 +153,8 @@ def sample_configs(space: AdaptedSpace, n: int, seed: int = 0,
     one per `start` point (its values, the keys it leaves out drawn), as the searcher runs them."""
     import optuna
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a study anyone follows
-    try:
+    with quiet_optuna():  # not a study anyone follows
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     for point in start:
         study.enqueue_trial(dict(point))
     space_function = define_by_run(space)

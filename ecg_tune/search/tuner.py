@@ -67,6 +67,7 @@ def run_search(options: SearchOptions, space: AdaptedSpace, dataset: Dataset, pl
     tracking). A resumed search runs with the callbacks it started with: Tune restores them."""
     from ray import tune
 
+    from ecg_tune.search.checkpoints import KeepNewestOfEnded
     from ecg_tune.search.interrupts import InterruptWatch, start_watching, storage_guard, was_interrupted
     from ecg_tune.search.progress import SearchProgress, one_line_trial_errors
     from ecg_tune.search.trainable import train_trial  # imports ray.tune
@@ -115,10 +116,14 @@ def run_search(options: SearchOptions, space: AdaptedSpace, dataset: Dataset, pl
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 callbacks=[SearchProgress(plan.metric, plan.max_epochs,
                                           len(points) if points is not None else plan.num_samples),
-                           InterruptWatch(), *filter(None, [storage_guard(storage)]), *callbacks],
+                           InterruptWatch(), KeepNewestOfEnded(), *filter(None, [storage_guard(storage)]),
+                           *callbacks],
                 verbose=0,  # SearchProgress prints the progress instead
             ),
         )
+    # Tune's console output is its legacy reporter at verbose 0 (nothing): the "new output" engine
+    # prints its experiment box even at verbose 0, with num_samples -1 shown as 9223372036854775807.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = time.perf_counter()
     start_watching(int(options.min_free_mb * 2**20))
     try:
