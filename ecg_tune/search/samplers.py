@@ -129,7 +129,6 @@ def clamped_to_limits(chosen: dict[str, Any], facts: DataFacts, min_input: int) 
     return out
 
 
-
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Optuna's INFO lines ("A new study created in memory with name: ...") and its warnings that
@@ -145,6 +144,7 @@ def quiet_optuna() -> Iterator[None]:
             yield
     finally:
         optuna.logging.set_verbosity(verbosity)
+
 
 def sample_configs(space: AdaptedSpace, n: int, seed: int = 0,
                    start: tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:
