@@ -4,6 +4,7 @@ baselines; the Ray-backed subcommands end to end are marked slow (run them by ha
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,14 @@ def test_quality_on_a_search_without_refit_says_what_to_run(tmp_path: Path, caps
     (tmp_path / "best_config.json").write_text("{}")
     assert main(["benchmark", "quality", "--run", str(tmp_path)]) == 2
     assert "refit the search first" in capsys.readouterr().err
+
+
+def test_quality_without_aeon_fails_before_its_search(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "aeon.transformations.collection.convolution_based", None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", "quality", "--quick", "--data", "synthetic:50", "--out", str(tmp_path)]) == 2
+    assert "MiniRocket needs aeon" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("with_ptwt", [True, False])

@@ -120,11 +120,12 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
         source = QUICK_PRECISION_SOURCE
     data_options = DataOptions(source, options.label_column, seed=options.seed or 0)
 
-    def dataset() -> Dataset:
+    def dataset(announce: bool = True) -> Dataset:
         data = data_options.load()
         if quick:
             data = thin(data, QUICK_RECORDS)
-        print(f"data: {data.summary()}" + (" (--quick: a subset is in play)" if quick else ""), flush=True)
+        if announce:  # off where a search is run on it: the search says it
+            print(f"data: {data.summary()}" + (" (--quick: a subset is in play)" if quick else ""), flush=True)
         return data
 
     out, stamp = options.out, time.strftime("%Y%m%d-%H%M%S")
@@ -256,8 +257,10 @@ def run_benchmark(options: BenchmarkOptions) -> Path | None:
     else:
         from ecg_tune.benchmarks import quality
 
+        if options.run is None:
+            quality.aeon_minirocket()  # a missing baseline fails now, not after the search
         run_dir = options.run.resolve() if options.run else _quality_search(
-            options, dataset(), (Path("runs") / f"benchmark-quality-{stamp}").resolve())
+            options, dataset(announce=False), (Path("runs") / f"benchmark-quality-{stamp}").resolve())
         result = quality.run_quality_benchmark(run_dir, n_kernels=1000 if quick else options.kernels or 10_000,
                                                cpus=_all_cpus())
         result["seed_grid_val"] = _seed_grid_figure(out)
