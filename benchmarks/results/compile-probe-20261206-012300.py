@@ -2,6 +2,7 @@
 three CinC cases, fp32 / bf16 autocast, eager / torch.compile; one thread; run from the project's
 root with ../shared/data beside it. Its output is the .log beside this file."""
 
+import functools
 import statistics
 import time
 
@@ -11,6 +12,15 @@ from ecg_tune.benchmarks.precision import cases
 from ecg_tune.config import make_config
 from ecg_tune.pipeline import DataOptions
 from ecg_tune.training.network import build_network
+
+
+def train_step(forward, optimiser, x, y, bf16: bool) -> None:
+    optimiser.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = torch.nn.functional.cross_entropy(forward(x), y)
+    loss.backward()
+    optimiser.step()
+
 
 torch.set_num_threads(1)
 dataset = DataOptions("../shared/data/cinc2017/training2017", None, seed=0).load()
@@ -30,13 +40,7 @@ for label, values in cases(dataset):
         model = build_network(config, length, 4).model.train()
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
         forward = torch.compile(model) if "compile" in mode else model
-
-        def step() -> None:
-            optimiser.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16")):
-                loss = torch.nn.functional.cross_entropy(forward(x), y)
-            loss.backward()
-            optimiser.step()
+        step = functools.partial(train_step, forward, optimiser, x, y, mode.startswith("bf16"))
 
         started = time.perf_counter()
         step()
