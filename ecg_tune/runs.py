@@ -190,7 +190,9 @@ class RunFolder:
         """trials.csv as written (an empty table when the search wrote none); `trial_table` gives
         its parts typed."""
         path = self.path / "trials.csv"
-        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        # round_trip: pandas' default float parser can miss the written value by an ulp, and a
+        # member's config read back from here must be the config its trial ran.
+        return pd.read_csv(path, float_precision="round_trip") if path.is_file() else pd.DataFrame()
 
     def trial_table(self) -> TrialTable:
         """trials.csv as a `TrialTable` (empty parts when the search wrote none)."""
@@ -277,7 +279,7 @@ class RunFolder:
         if not path.is_file():
             return None
         try:
-            rows = pd.read_csv(path, dtype={"trial_id": str})
+            rows = pd.read_csv(path, dtype={"trial_id": str}, float_precision="round_trip")
         except (OSError, ValueError) as exc:
             raise EcgTuneError(f"{path}: not readable as a Pareto table ({exc})") from None
         if "trial_id" not in rows.columns:

@@ -73,6 +73,17 @@ def test_histories_stand_when_a_kill_cut_the_last_line(tmp_path: Path) -> None:
     assert epochs_reported(RunFolder(tmp_path)) == {"abc": [1, 2]}
 
 
+def test_trials_csv_reads_back_every_float_it_wrote(tmp_path: Path) -> None:
+    from ecg_tune.run_records import TrialRecord
+
+    # pandas' default parser reads these written values back an ulp off.
+    lrs = [0.0025578753079677284, 0.00012345678901234567, 0.1 + 0.2]
+    run = RunFolder(tmp_path)
+    run.write_trials([TrialRecord(f"t{i}", "completed", 2, {"model": "simple_cnn", "lr": lr}, best_epoch=2)
+                      for i, lr in enumerate(lrs)])
+    assert run.trial_table().config["lr"].tolist() == lrs
+
+
 # --- one writer per run folder ---------------------------------------------------------------
 
 def test_a_second_search_on_the_same_out_is_refused_and_the_first_unharmed(tmp_path: Path) -> None:
