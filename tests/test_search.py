@@ -163,14 +163,14 @@ def test_time_fidelity_puts_asha_rungs_on_training_seconds(tmp_path: Path) -> No
 
 
 def test_a_budget_fills_its_time(ray_cluster, small, tmp_path: Path) -> None:
-    # num_samples 2 in the file, but a 20 s budget: trials keep starting until it is spent.
-    space = write_space(tmp_path / "budget.yaml", TINY + "search: {max_epochs: 1, num_samples: 2, time_budget: 20}\n")
+    # num_samples 2 in the file, but a 10 s budget: trials keep starting until it is spent.
+    space = write_space(tmp_path / "budget.yaml", TINY + "search: {max_epochs: 1, num_samples: 2, time_budget: 10}\n")
     started = time.time()
     _, plan, _, trials = search(small, space, tmp_path / "out", cpus_per_trial=1, max_concurrent=2,
                                 scheduler="fifo", searcher="random")
     assert plan.num_samples is None
     assert len(trials) > 2, len(trials)
-    assert time.time() - started >= 0.9 * 20
+    assert time.time() - started >= 0.9 * 10
 
 
 def test_start_points_run_first_as_given(ray_cluster, small, tmp_path: Path) -> None:

@@ -92,6 +92,7 @@ def test_the_refit_logs_test_metrics_and_files_to_the_parent(tracked: Path) -> N
     assert {p.name for p in (tracked / "model").iterdir()} <= model
 
 
+@pytest.mark.slow  # a second refit in its own process, about 25 s: the default run neared 10 minutes
 def test_a_later_refit_logs_to_the_same_parent(tracked: Path) -> None:
     record = RunFolder(tracked).tracking()
     assert record is not None
