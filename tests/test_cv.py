@@ -205,7 +205,7 @@ def test_lr_median_and_early_stopping_on_the_fold_mean(monkeypatch: pytest.Monke
         fold = next(calls)
         for epoch in range(config.epochs):
             yield _Fake(epoch + 1, {"epoch": epoch + 1, "lr": rates[fold][epoch], "epoch_seconds": 1.0,
-                                    "train_loss": 1.0, "val_loss": losses[fold][epoch]})
+                                    "train_loss": 1.0, "val_loss": losses[fold][epoch], "bf16": 0.0})
 
     monkeypatch.setattr(folds_module, "fit", fake_fit)
     config = make_config({**TINY, "epochs": 5, "early_stop_patience": 2, "input_length": None})

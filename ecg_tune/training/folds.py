@@ -174,7 +174,7 @@ def _fold_runs(config: TrainConfig, data: TensorData, folds: Sequence[Fold], sta
     if config.precision == "auto" and states[0] is None:
         opening = next(first, None)
         if opening is not None:
-            rest = config.with_updates(precision=reported_precision(opening.metrics.get(BF16, 0.0)))
+            rest = config.with_updates(precision=reported_precision(opening.metrics[BF16]))
             first = itertools.chain([opening], first)
     return [first] + [fit(rest, data, train, val, device=device, resume=state)
                       for (train, val), state in zip(folds[1:], states[1:], strict=True)]
